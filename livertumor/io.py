@@ -1,0 +1,259 @@
+"""Reading and writing CT volumes and label maps (NIfTI, NRRD, MHA, DICOM series) with exact geometry.
+
+Everything goes through SimpleITK, so geometry arrives in LPS exactly as ITK (and Slicer's readers) see it.
+Writes are atomic: a file is written next to its destination under a temporary name and then renamed,
+so an interrupted write never leaves a half-written file where a good one was expected.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import DimensionError, ImageReadError, LabelValueError, NotCTError
+from .volume import Grid, Volume
+
+#: File endings SimpleITK reads that this library accepts as volumes.
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+#: Tumour label maps of this project: 0 background, 1 liver, 2 tumour (LiTS convention).
+LITS_LABELS = (0, 1, 2)
+
+# Plausible Hounsfield range. Air is -1000; scanners pad outside the field of view with -1024..-3024;
+# the densest metal implants saturate at 3071 (12-bit) or up to ~30000 (extended scales).
+_HU_MIN, _HU_MAX = -4000.0, 32767.0
+
+
+def volume_suffix(path: str | os.PathLike) -> str:
+    """The recognised ending of ``path`` (``.nii.gz`` counts as one), or ``""``."""
+    name = Path(path).name.lower()
+    return next((s for s in VOLUME_SUFFIXES if name.endswith(s)), "")
+
+
+def volume_stem(path: str | os.PathLike) -> str:
+    """The file name without its volume ending (``case.nii.gz`` -> ``case``)."""
+    name = Path(path).name
+    return name[: len(name) - len(volume_suffix(name))]
+
+
+def from_sitk(image: sitk.Image, source: str = "the image") -> Volume:
+    """Convert a 3D scalar SimpleITK image to a :class:`Volume` (array copied, geometry exact).
+
+    Raises :class:`DimensionError`, naming ``source``, for anything but a 3D scalar image.
+    """
+    _require_3d_scalar(image, source)
+    grid = Grid(
+        shape=image.GetSize()[::-1],
+        spacing=image.GetSpacing(),
+        origin=image.GetOrigin(),
+        direction=np.asarray(image.GetDirection()).reshape(3, 3),
+    )
+    return Volume(sitk.GetArrayFromImage(image), grid)
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """Convert a :class:`Volume` to a SimpleITK image with the same geometry."""
+    array = volume.array
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(tuple(volume.direction.ravel()))
+    return image
+
+
+def _require_3d_scalar(image: sitk.Image, source: str) -> None:
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise DimensionError(
+            f"{source} has {components} components per voxel (colour or vector image); "
+            "a CT or label map has one value per voxel"
+        )
+    dimension = image.GetDimension()
+    size = image.GetSize()
+    if dimension != 3:
+        raise DimensionError(f"{source} is {dimension}D (size {size}); a 3D volume is needed")
+    if min(size) < 2:
+        raise DimensionError(
+            f"{source} is a single slice (size {size}): a 2D image, but a 3D volume of several slices is needed"
+        )
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise ImageReadError(f"{folder} is a folder without a readable DICOM series")
+    if series_uid is None:
+        if len(series) > 1:
+            listing = "\n  ".join(series)
+            raise ImageReadError(f"{folder} holds {len(series)} DICOM series; choose one with series_uid:\n  {listing}")
+        series_uid = series[0]
+    elif series_uid not in series:
+        raise ImageReadError(f"{folder} holds no DICOM series {series_uid!r} (it has {', '.join(series)})")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    return reader.Execute()
+
+
+def _nifti_data_end(header: bytes) -> int:
+    """Where a NIfTI file's voxel data ends (bytes from its start), or 0 if ``header`` is not NIfTI."""
+    for endian in "<>":
+        (size,) = struct.unpack(endian + "i", header[:4]) if len(header) >= 4 else (0,)
+        if size == 348 and len(header) >= 348:  # NIfTI-1
+            dims = struct.unpack(endian + "8h", header[40:56])
+            (bitpix,) = struct.unpack(endian + "h", header[72:74])
+            (offset,) = struct.unpack(endian + "f", header[108:112])
+            break
+        if size == 540 and len(header) >= 540:  # NIfTI-2
+            dims = struct.unpack(endian + "8q", header[16:80])
+            (bitpix,) = struct.unpack(endian + "h", header[14:16])
+            (offset,) = struct.unpack(endian + "q", header[168:176])
+            break
+    else:
+        return 0
+    voxels = int(np.prod([max(1, d) for d in dims[1 : 1 + max(1, dims[0])]]))
+    return int(offset) + voxels * bitpix // 8
+
+
+def _nifti_missing_bytes(path: Path) -> int:
+    """How many bytes of voxel data a NIfTI file lacks. ITK reads a cut ``.nii`` or ``.nii.gz`` silently,
+    filling the rest with zeros, so this is checked here."""
+    if path.name.lower().endswith(".nii"):
+        with open(path, "rb") as handle:
+            return max(0, _nifti_data_end(handle.read(540)) - path.stat().st_size)
+    with gzip.open(path, "rb") as stream:
+        expected = _nifti_data_end(stream.read(540))
+    with open(path, "rb") as handle:  # a whole gzip member ends with its length mod 2**32
+        handle.seek(-4, os.SEEK_END)
+        (stored,) = struct.unpack("<I", handle.read(4))
+    if stored == expected % 2**32:
+        return 0
+    received = 0
+    with gzip.open(path, "rb") as stream:  # unusual layout (several members): decompress to be sure
+        try:
+            while chunk := stream.read(1 << 24):
+                received += len(chunk)
+        except EOFError:
+            pass
+    return max(0, expected - received)
+
+
+def _read_file(path: Path) -> sitk.Image:
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        missing = _nifti_missing_bytes(path)
+        if missing:
+            raise RuntimeError(f"the file ends {missing} bytes before its voxel data does")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    image = reader.Execute()
+    # A binary DICOM SEG unpacks its 1-bit frames as 0/255; a segmentation is a 0/1 mask.
+    if reader.HasMetaDataKey("0008|0060") and reader.GetMetaData("0008|0060").strip() == "SEG":
+        if reader.HasMetaDataKey("0062|0001") and reader.GetMetaData("0062|0001").strip() == "BINARY":
+            image = sitk.Cast(image > 0, sitk.sitkUInt8)
+    return image
+
+
+def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a 3D scalar volume from a file or a DICOM series folder, values unchanged.
+
+    A single-segment binary DICOM SEG reads as a 0/1 mask on its own grid (for multi-segment SEG objects,
+    export a label map from Slicer or dcmqi).
+
+    Raises :class:`ImageReadError` for a missing, unreadable or truncated file and
+    :class:`DimensionError` for anything that is not a 3D scalar volume.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"{path} does not exist")
+    try:
+        image = _read_dicom_series(path, series_uid) if path.is_dir() else _read_file(path)
+    except RuntimeError as error:
+        # ITK's message is long; its last line says why (e.g. "Premature EOF" for a truncated file).
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
+        raise ImageReadError(f"cannot read {path}: the file is unreadable or truncated ({reason})") from error
+    return from_sitk(image, str(path))
+
+
+def check_ct_values(volume: Volume, source: str = "the image") -> None:
+    """Raise :class:`NotCTError` unless the values look like Hounsfield units of a body CT.
+
+    A CT of the abdomen always holds air or fat below -100 HU; an MR, a PET or an 8-bit picture holds
+    no negative values, and a binary mask only two values.
+    """
+    array = volume.array
+    if array.dtype == np.bool_ or array.dtype == np.uint8:
+        raise NotCTError(f"{source} is stored as {array.dtype} (0..255): a picture or mask, not a CT in HU")
+    low, high = float(array.min()), float(array.max())
+    if low < _HU_MIN or high > _HU_MAX:
+        raise NotCTError(f"{source} has values {low:g}..{high:g}, outside any CT's Hounsfield range")
+    if low > -100:
+        raise NotCTError(
+            f"{source} has values {low:g}..{high:g}: no air or fat below -100 HU, so it is not a CT in "
+            "Hounsfield units (an MR, a 0..255 picture or an already windowed image?)"
+        )
+    if np.unique(array[:: max(1, array.shape[0] // 8)]).size <= 2:
+        raise NotCTError(f"{source} holds only two distinct values: a mask, not a CT")
+
+
+def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
+    """Read a CT volume in HU (as float32) and check that its values are CT values."""
+    volume = read_image(path, series_uid)
+    check_ct_values(volume, str(path))
+    return volume.with_array(volume.array.astype(np.float32, copy=False))
+
+
+def check_label_values(volume: Volume, allowed: Iterable[int] = LITS_LABELS, source: str = "the label map") -> None:
+    """Raise :class:`LabelValueError` if ``volume`` holds a value outside ``allowed``."""
+    allowed = tuple(int(a) for a in allowed)
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.mod(array, 1) == 0):
+        raise LabelValueError(f"{source} holds non-integer values; a label map holds integers {allowed}")
+    values = np.unique(array)
+    unexpected = [v.item() for v in values if int(v) not in allowed]
+    if unexpected:
+        shown = ", ".join(f"{v:g}" for v in unexpected[:10]) + (" ..." if len(unexpected) > 10 else "")
+        raise LabelValueError(f"{source} holds values {shown}, but only {allowed} are expected")
+
+
+def read_label(
+    path: str | os.PathLike, allowed: Iterable[int] | None = LITS_LABELS, reference: Grid | None = None
+) -> Volume:
+    """Read a label map as uint8, checking its values (``allowed=None`` skips that) and, if given,
+    that it lies on ``reference`` (its image's grid)."""
+    volume = read_image(path)
+    if allowed is not None:
+        check_label_values(volume, allowed, str(path))
+    if reference is not None:
+        reference.require_same(volume.grid, f"the label map {path} and its image")
+    return volume.with_array(volume.array.astype(np.uint8))
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, compress: bool | None = None) -> Path:
+    """Write ``volume`` atomically to ``path`` (format from the ending). Returns the path.
+
+    ``compress`` defaults to True for ``.nii.gz`` and ``.nrrd``, False otherwise.
+    """
+    path = Path(path)
+    suffix = volume_suffix(path)
+    if not suffix:
+        raise ImageReadError(f"cannot write {path}: use one of the endings {', '.join(VOLUME_SUFFIXES)}")
+    if compress is None:
+        compress = suffix in (".nii.gz", ".nrrd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(to_sitk(volume), temporary, useCompression=compress)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
