@@ -91,6 +91,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_files, pair_files
+    from .io import write_json, write_text_atomic
+
+    pairs = pair_files(args.pred, args.gt)
+    with _progress_bar(len(pairs), "evaluate") as bar:
+        evaluation = evaluate_files(
+            pairs,
+            label=args.label,
+            rule=args.match,
+            iou_threshold=args.iou,
+            lesion_wise_metrics=args.lesion_metrics,
+            large=args.large,
+            progress=lambda done, total: bar.update(1),
+        )
+    print(evaluation.table())
+    if args.json:
+        write_json(args.json, evaluation.to_json())
+    if args.csv:
+        write_text_atomic(args.csv, evaluation.csv_text())
+    if args.plots:
+        evaluation.plot(args.plots)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX
@@ -140,6 +165,39 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("paths", type=Path, nargs="+", help="volume files or DICOM folders")
     info.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     info.set_defaults(run=cmd_info)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="LiTS metrics of predicted label maps against the truth",
+        description="DC, VOE, RVD, ASSD, MSD, RMSD per case (as the LiTS scoring program defines them), "
+        "Dice global over the data set, and lesion-wise detection (recall and precision by lesion size). "
+        "Pairs on different voxel grids are refused.",
+    )
+    evaluate.add_argument("--pred", type=Path, required=True, help="predicted label map, or a folder of them")
+    evaluate.add_argument(
+        "--gt",
+        type=Path,
+        required=True,
+        help="true label map, or a folder; folders pair by name (segmentation-3 = volume-3 = 3; case_pred = case_seg)",
+    )
+    evaluate.add_argument("--label", type=int, default=2, help="label value evaluated (default 2, tumour)")
+    evaluate.add_argument("--json", type=Path, help="write per-case and aggregate results as JSON")
+    evaluate.add_argument("--csv", type=Path, help="write one CSV row per case")
+    evaluate.add_argument("--plots", type=Path, help="write a PNG box plot per metric into this folder")
+    evaluate.add_argument(
+        "--match",
+        choices=("overlap", "iou"),
+        default="overlap",
+        help="lesion matching: any shared voxel (default) or IoU of at least --iou; one to one, best IoU first",
+    )
+    evaluate.add_argument("--iou", type=float, default=0.5, help="IoU needed with --match iou (default 0.5)")
+    evaluate.add_argument(
+        "--lesion-metrics", action="store_true", help="also average VOE, RVD, ASSD, MSD, RMSD over detected lesions"
+    )
+    evaluate.add_argument(
+        "--large", type=float, default=9001.0, help="value of RVD and distances when one mask is empty (LiTS: 9001)"
+    )
+    evaluate.set_defaults(run=cmd_evaluate)
     return parser
 
 

@@ -8,10 +8,12 @@ so an interrupted write never leaves a half-written file where a good one was ex
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -247,13 +249,33 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool | None 
         raise ImageReadError(f"cannot write {path}: use one of the endings {', '.join(VOLUME_SUFFIXES)}")
     if compress is None:
         compress = suffix in (".nii.gz", ".nrrd")
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(to_sitk(volume), str(temporary), useCompression=compress)
+    return path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (same ending) to write to; renamed to ``path`` when the block ends
+    without error, removed otherwise. Readers never see a half-written file; a failure keeps the old one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=volume_suffix(path), dir=path.parent)
     os.close(handle)
     try:
-        sitk.WriteImage(to_sitk(volume), temporary, useCompression=compress)
+        yield Path(temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text)
+
+
+def write_json(path: str | os.PathLike, data: dict) -> None:
+    """Write ``data`` as JSON atomically; NaN never appears (undefined metrics are null)."""
+    write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))

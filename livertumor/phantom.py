@@ -22,7 +22,6 @@ volume on every machine.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .io import write_volume
+from .io import write_json, write_volume
 from .volume import Grid, Volume
 
 LESION_CLASSES = ("cyst", "hemangioma", "metastasis")
@@ -452,7 +451,5 @@ def write_phantom_dataset(
         if progress:
             progress(index + 1, cases)
     path = out / "manifest.json"
-    temporary = path.with_name(".manifest.json.tmp")
-    temporary.write_text(json.dumps(manifest, indent=1))
-    temporary.replace(path)
+    write_json(path, manifest)
     return path
