@@ -31,3 +31,37 @@ DIRECTIONS = {
     "oblique": rotation_z(20.0)
     @ np.array([[1.0, 0, 0], [0, np.cos(0.2), -np.sin(0.2)], [0, np.sin(0.2), np.cos(0.2)]]),
 }
+
+
+TINY_PREPROCESS = {"spacing": [5.0, 5.0, 5.0], "block": [16, 32, 32], "range_margin": 2}
+TINY_SETTINGS = {
+    "architecture": {"type": "ResUNet3d", "widths": [4, 8, 16], "encoder_blocks": [1, 1], "decoder_blocks": [1, 1]},
+    "preprocess": TINY_PREPROCESS,
+    "stage_epochs": [1, 1, 1],
+    "iterations_per_epoch": 2,
+    "workers": 0,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """Five small phantom cases (case 4 lesion-free) in LiTS layout."""
+    from livertumor.phantom import write_phantom_dataset
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    write_phantom_dataset(out, cases=5, seed=1, shape=(40, 80, 80), spacing_zyx=(5.0, 5.0, 5.0))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, tmp_path_factory) -> Path:
+    """A tiny three-stage model trained for a few iterations: real files, real card, not a good model."""
+    from livertumor.datasets import find_cases
+    from livertumor.training import TrainConfig, split_cases, train_model
+
+    cases = find_cases(tiny_data)
+    train, validation = split_cases(cases, 0.4, 0)
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    train_model(train, validation, TrainConfig.from_json(TINY_SETTINGS), out, name="tiny")
+    return out

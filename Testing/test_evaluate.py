@@ -36,7 +36,7 @@ def folders(tmp_path_factory):
 
 
 def test_case_keys_pair_lits_and_suffixed_names():
-    assert case_key("segmentation-12.nii") == case_key("volume-12.nrrd") == "12"
+    assert case_key("segmentation-12.nii") == case_key("volume-12.nrrd") == case_key("volume-12_seg.nii.gz") == "12"
     assert case_key("liver_7_pred.nii.gz") == case_key("liver_7_seg.nii.gz") == case_key("liver_7.mha") == "liver_7"
 
 

@@ -116,6 +116,211 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+class Reporter:
+    """Progress for people (a bar on stderr) or for programs (``--progress json``: one JSON object per
+    line on stdout, flushed, which the Slicer modules parse)."""
+
+    def __init__(self, mode: str, description: str) -> None:
+        self.mode, self.description, self.bar = mode, description, None
+        if mode == "bar":
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=100, desc=description, file=sys.stderr, disable=None, bar_format="{l_bar}{bar}| {postfix}"
+            )
+
+    def fraction(self, value: float, message: str) -> None:
+        if self.bar is not None:
+            self.bar.n = round(100 * value)
+            self.bar.set_postfix_str(message, refresh=True)
+        elif self.mode == "json":
+            self.json(progress=round(value, 4), message=message)
+
+    def json(self, **data) -> None:
+        if self.mode == "json":
+            print(json.dumps(data, default=str), flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _training_event_printer(reporter: Reporter):
+    def on_event(event: dict) -> None:
+        if reporter.mode == "json":
+            reporter.json(**event)
+            return
+        if event["event"] == "iteration":
+            reporter.fraction(
+                event["iteration"] / event["iterations"],
+                f"{event['task']} stage {event['stage'] + 1} ({event['kind']}) epoch {event['epoch'] + 1}: "
+                f"loss {event['loss']:.3f}",
+            )
+        elif event["event"] == "epoch":
+            dice = "-" if event.get("dg") is None else f"{event['dg']:.3f}"
+            print(
+                f"\n{event['task']} epoch {event['done']}/{event['total']} (stage {event['stage']}, {event['kind']}): "
+                f"loss {event['loss']:.4f}, validation DG {dice}",
+                file=sys.stderr,
+            )
+        elif event["event"] in ("resumed", "saved", "preparing"):
+            print(json.dumps(event, default=str), file=sys.stderr)
+
+    return on_event
+
+
+def _train_config(args: argparse.Namespace):
+    from .training import TrainConfig, config_with
+
+    config = TrainConfig()
+    if args.config:
+        config = TrainConfig.from_json(json.loads(Path(args.config).read_text()))
+    return config_with(
+        config,
+        schema=args.schema,
+        epochs=args.epochs,
+        stage_epochs=tuple(args.stage_epochs) if args.stage_epochs else None,
+        iterations_per_epoch=args.iterations,
+        seed=args.seed,
+        device=args.device,
+        workers=args.workers,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .datasets import find_cases
+    from .training import split_cases, train_model
+
+    config = _train_config(args)
+    cases = find_cases(args.data)
+    train, validation = split_cases(cases, args.validation_fraction, config.seed)
+    reporter = Reporter(args.progress, "train")
+    try:
+        result = train_model(
+            train,
+            validation,
+            config,
+            args.out,
+            name=args.name,
+            version="1",
+            work_dir=args.work_dir,
+            on_event=_training_event_printer(reporter),
+        )
+    finally:
+        reporter.close()
+    if result.model_dir is not None:
+        print(f"model written to {result.model_dir}; validation: {json.dumps(result.validation, default=str)}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .datasets import find_cases
+    from .finetune import finetune
+
+    reporter = Reporter(args.progress, "fine-tune")
+    try:
+        out = finetune(
+            args.model,
+            find_cases(args.data),
+            out=args.out,
+            epochs=args.epochs,
+            iterations=args.iterations,
+            validation_fraction=args.validation_fraction,
+            seed=args.seed,
+            device=args.device,
+            workers=args.workers,
+            on_event=_training_event_printer(reporter),
+        )
+    finally:
+        reporter.close()
+    print(f"new model version written to {out}")
+    return 0
+
+
+def _segment_inputs(paths: Sequence[Path]) -> list[Path]:
+    """Files as given; a folder of volume files gives each file; any other folder is one DICOM series."""
+    from .io import volume_suffix
+
+    inputs = []
+    for path in paths:
+        files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p)) if path.is_dir() else []
+        inputs += files if files else [path]
+    return inputs
+
+
+def output_stem(path: Path) -> str:
+    """The name outputs of ``path`` start with (volume stem, or the DICOM folder's name)."""
+    from .io import volume_stem
+
+    return volume_stem(path) if path.is_file() else path.name
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from .inference import segment
+    from .io import write_volume
+
+    inputs = _segment_inputs(args.inputs)
+    plans = []
+    for path in inputs:
+        stem = output_stem(path)
+        label_path = args.output / f"{stem}_seg{args.format}"
+        probability_path = args.output / f"{stem}_tumour_probability{args.format}" if args.probabilities else None
+        for target in (label_path, probability_path):
+            if target is not None and target.exists() and not args.overwrite:
+                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+        plans.append((path, label_path, probability_path))
+    reporter = Reporter(args.progress, "segment")
+    try:
+        for number, (path, label_path, probability_path) in enumerate(plans):
+
+            def progress(fraction: float, message: str, number: int = number, name: str = path.name) -> None:
+                reporter.fraction((number + fraction) / len(plans), f"{name}: {message}")
+
+            result = segment(
+                path,
+                args.model,
+                args.device,
+                args.batch_size,
+                args.overlap,
+                probability_path is not None,
+                args.precision,
+                progress,
+            )
+            write_volume(result.labels, label_path)
+            if probability_path is not None:
+                write_volume(result.tumour_probability, probability_path)
+            tumour_ml = float((result.labels.array == 2).sum()) * result.labels.grid.voxel_volume_ml
+            reporter.json(event="written", input=str(path), labels=str(label_path), tumour_ml=tumour_ml)
+            if args.progress != "json":
+                print(f"{path} -> {label_path} (tumour {tumour_ml:.1f} mL, model {result.model_name})")
+    finally:
+        reporter.close()
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models import list_models, shipped_models_dir, user_models_dir
+
+    entries = list_models()
+    if args.json:
+        print(json.dumps([{**e.__dict__, "path": str(e.path)} for e in entries]))
+        return 0
+    print(f"shipped: {shipped_models_dir()}\nuser:    {user_models_dir()}")
+    for entry in entries:
+        print(f"  {entry.name}:{entry.version:<10} {entry.schema:<15} {entry.source:<8} {entry.path}")
+    if not entries:
+        print("  (no models found)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, seed=args.seed, model=args.model, device=args.device)
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX
@@ -198,6 +403,100 @@ def build_parser() -> argparse.ArgumentParser:
         "--large", type=float, default=9001.0, help="value of RVD and distances when one mask is empty (LiTS: 9001)"
     )
     evaluate.set_defaults(run=cmd_evaluate)
+
+    def training_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--data", type=Path, required=True, help="LiTS, Decathlon or NAME/NAME_seg folder")
+        command.add_argument("--epochs", type=int, help="total epochs, split evenly over the stages")
+        command.add_argument("--iterations", type=int, help="iterations per epoch")
+        command.add_argument(
+            "--validation-fraction", type=float, default=0.2, help="share of cases held out for validation (0.2)"
+        )
+        command.add_argument("--seed", type=int, help="seed of the split, the weights and the samples")
+        command.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+        command.add_argument("--workers", type=int, help="data-loading worker processes (default 2)")
+        command.add_argument(
+            "--progress",
+            choices=("bar", "json", "none"),
+            default="bar",
+            help="progress bar (default), JSON lines on stdout, or nothing",
+        )
+
+    train = commands.add_parser(
+        "train",
+        help="train a tumour segmentation model (three-stage curriculum or a compared schema)",
+        description="Train the 3D residual U-Net on labelled CTs (0 background, 1 liver, 2 tumour). Checkpoints "
+        "and logs go to OUT.work; running the same command again resumes an interrupted run. Runs under torchrun "
+        "use DistributedDataParallel.",
+    )
+    training_options(train)
+    train.add_argument(
+        "--schema",
+        choices=("three-stage", "whole-to-patch", "patch-to-whole", "naive", "cascade"),
+        help="training schema (default three-stage)",
+    )
+    train.add_argument("--config", type=Path, help="JSON training settings (see Resources/Models/*.train.json)")
+    train.add_argument("--stage-epochs", type=int, nargs="+", help="epochs of each stage, e.g. 10 5 10")
+    train.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
+    train.add_argument("--name", default="curriculum", help="model name in its card (default curriculum)")
+    train.add_argument("--work-dir", type=Path, help="checkpoints and logs (default OUT.work)")
+    train.set_defaults(run=cmd_train)
+
+    finetune = commands.add_parser(
+        "finetune",
+        help="fine-tune a model on your own annotated cases (makes a new version)",
+        description="Run the three-stage curriculum from an existing model on your cases. The model's "
+        "architecture and preprocessing are kept; the result is a new version beside it, never an overwrite.",
+    )
+    training_options(finetune)
+    finetune.add_argument("--model", required=True, help="model name, name:version or folder to start from")
+    finetune.add_argument("--out", type=Path, help="new model folder (default: the user's model folder)")
+    finetune.set_defaults(run=cmd_finetune)
+
+    segment = commands.add_parser(
+        "segment",
+        help="segment liver tumours in CTs",
+        description="Label maps (0 background, 2 tumour; 1 liver for cascade models) on each input's exact grid.",
+    )
+    segment.add_argument("inputs", type=Path, nargs="+", help="CT files, folders of CT files, or DICOM folders")
+    segment.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    segment.add_argument("--model", help="model name, name:version or folder (default: the demo model)")
+    segment.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    segment.add_argument("--probabilities", action="store_true", help="also write the tumour probability map")
+    segment.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
+    segment.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
+    segment.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
+    )
+    segment.add_argument(
+        "--format",
+        choices=(".nii.gz", ".nrrd", ".nii", ".mha"),
+        default=".nii.gz",
+        help="output file type (default .nii.gz)",
+    )
+    segment.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
+    segment.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="progress bar (default), JSON lines on stdout, or nothing",
+    )
+    segment.set_defaults(run=cmd_segment)
+
+    models = commands.add_parser("models", help="list the shipped and your own models")
+    models.add_argument("--json", action="store_true", help="machine-readable list")
+    models.set_defaults(run=cmd_models)
+
+    demo = commands.add_parser(
+        "demo",
+        help="segment a synthetic CT with the shipped demo model and show the result",
+        description="Makes a phantom CT, segments it with the demo model, prints the LiTS metrics and writes "
+        "the CT, the truth, the prediction and an overlay PNG to OUT.",
+    )
+    demo.add_argument("--out", type=Path, default=Path("livertumor-demo"), help="output folder (livertumor-demo)")
+    demo.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
+    demo.add_argument("--model", help="model (default: the demo model)")
+    demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    demo.set_defaults(run=cmd_demo)
     return parser
 
 
@@ -206,6 +505,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except LiverTumorError as error:
+    except (LiverTumorError, FileExistsError) as error:
         print(f"livertumor {args.command}: error: {error}", file=sys.stderr)
         return 2

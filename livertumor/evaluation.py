@@ -22,16 +22,15 @@ _PRED_SUFFIXES = ("_pred", "_prediction", *LABEL_SUFFIXES)
 
 
 def case_key(path: str | os.PathLike) -> str:
-    """The name a prediction and its truth share: ``segmentation-3`` and ``volume-3`` -> ``3``;
-    ``case_pred`` / ``case_seg`` / ``case`` -> ``case``."""
+    """The name a prediction and its truth share: ``segmentation-3``, ``volume-3`` and ``volume-3_seg``
+    -> ``3``; ``case_pred`` / ``case_seg`` / ``case`` -> ``case``."""
     stem = volume_stem(path)
-    match = _LITS_KEY.match(stem)
-    if match:
-        return match.group(1)
     for suffix in _PRED_SUFFIXES:
         if stem.endswith(suffix):
-            return stem[: -len(suffix)]
-    return stem
+            stem = stem[: -len(suffix)]
+            break
+    match = _LITS_KEY.match(stem)
+    return match.group(1) if match else stem
 
 
 def pair_files(pred: str | os.PathLike, truth: str | os.PathLike) -> list[tuple[str, Path, Path]]:

@@ -22,8 +22,8 @@ points, so the cost follows the size of the masks, not of the CT.
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -96,7 +96,7 @@ def mask_stats(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], la
 
     # numpy and cKDTree release the GIL: the two masks are prepared in parallel threads.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        (pred_mask, pred_voxels, pred_tree), (truth_mask, truth_voxels, truth_tree) = pool.map(one_side, (pred, truth))
+        (_, pred_voxels, pred_tree), (truth_mask, truth_voxels, truth_tree) = pool.map(one_side, (pred, truth))
     intersection = int(np.count_nonzero(truth_mask.reshape(-1)[pred_voxels]))
     if pred_tree is None or truth_tree is None:
         empty = np.zeros(0)

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .io import from_sitk, to_sitk
+from .io import to_sitk
 from .volume import Grid, Volume
 
 Interpolation = Literal["nearest", "linear", "cubic"]
@@ -64,7 +64,7 @@ def resample_to_grid(volume: Volume, grid: Grid, interpolation: Interpolation = 
         float(fill),
         source.GetPixelID(),
     )
-    return Volume(from_sitk(out).array, grid)
+    return Volume(sitk.GetArrayFromImage(out), grid)  # a thin scan may resample to one slice: no 3D check
 
 
 def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> Volume:

@@ -1,0 +1,154 @@
+"""Model files, the registry, sliding-window inference and `segment` on real CT geometry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIRECTIONS
+
+from livertumor.errors import DimensionError, NotCTError
+from livertumor.inference import DeviceError, gaussian_importance, resolve_device, segment, sliding_window
+from livertumor.io import read_ct
+from livertumor.models import (
+    ModelChecksumError,
+    ModelExistsError,
+    ModelFileError,
+    list_models,
+    load_model,
+    next_version,
+    read_card,
+    resolve_model,
+    save_model,
+)
+from livertumor.networks import TINY, ResUNet3d
+from livertumor.volume import Grid, Volume
+
+
+def test_model_card_says_what_the_run_was(tiny_model):
+    card = read_card(tiny_model)
+    assert card.name == "tiny" and card.schema == "three-stage"
+    assert [s["kind"] for s in card.stages] == ["whole", "patch", "whole"]
+    assert card.preprocess.spacing == (5.0, 5.0, 5.0) and card.architecture == TINY
+    assert card.training_data["train_cases"] and card.training_data["validation_cases"]
+    assert "dg" in card.validation and "Not a medical device" in card.intended_use
+    data = json.loads((tiny_model / "card.json").read_text())
+    assert data["format"] == "livertumor-model/1" and len(data["weights"]["tumour"]["sha256"]) == 64
+
+
+def test_checksum_mismatch_and_truncation_are_refused(tiny_model, tmp_path):
+    copy = shutil.copytree(tiny_model, tmp_path / "copy")
+    weights = copy / "tumour.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelChecksumError, match="fails its checksum"):
+        load_model(copy)
+    card = json.loads((copy / "card.json").read_text())  # a card updated to the cut file still fails safely
+    import hashlib
+
+    card["weights"]["tumour"]["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (copy / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelFileError, match="cannot be read as safetensors"):
+        load_model(copy)
+
+
+def test_saving_never_overwrites(tiny_model):
+    loaded = load_model(tiny_model)
+    before = (tiny_model / "tumour.safetensors").read_bytes()
+    with pytest.raises(ModelExistsError, match="never overwritten"):
+        save_model(tiny_model, loaded.networks, loaded.card)
+    assert (tiny_model / "tumour.safetensors").read_bytes() == before
+
+
+def test_registry_finds_user_models_by_name_and_version(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    loaded = load_model(tiny_model)
+    user = tmp_path / "home" / "models"
+    for version in ("1", "1.1"):
+        loaded.card.version = version
+        save_model(user / f"tiny-{version}", loaded.networks, loaded.card)
+    names = [(e.name, e.version, e.source) for e in list_models() if e.name == "tiny"]
+    assert names == [("tiny", "1", "user"), ("tiny", "1.1", "user")]
+    assert resolve_model("tiny") == user / "tiny-1.1"
+    assert resolve_model("tiny:1") == user / "tiny-1"
+    assert next_version("tiny", "1") == "1.2"
+    with pytest.raises(ModelFileError, match="no model folder or registered model 'nothing'"):
+        resolve_model("nothing")
+
+
+def test_gaussian_importance_peaks_in_the_centre():
+    weights = gaussian_importance((8, 16, 16))
+    assert weights.max() == pytest.approx(1.0) and weights.min() > 0
+    assert weights[4, 8, 8] > weights[0, 8, 8] and weights[4, 8, 8] > weights[4, 0, 0]
+
+
+class VoxelwiseNetwork(torch.nn.Module):
+    """Logits from each voxel's own value: blending windows must reproduce it exactly."""
+
+    def forward(self, x):
+        return torch.cat([torch.zeros_like(x), 8 * (x - 0.5)], dim=1)
+
+
+@pytest.mark.parametrize(("overlap", "batch"), [(0.0, 1), (0.5, 3), (0.8, 2)])
+def test_sliding_window_stitches_exactly(overlap, batch):
+    image = np.random.default_rng(0).random((21, 37, 45)).astype(np.float32)
+    probabilities = sliding_window(VoxelwiseNetwork(), image, (8, 16, 16), 4, overlap, batch)
+    expected = 1 / (1 + np.exp(-8 * (image - 0.5)))
+    np.testing.assert_allclose(probabilities[1], expected, atol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+
+
+def test_sliding_window_with_one_window_equals_a_forward_pass():
+    torch.manual_seed(0)
+    network = ResUNet3d(TINY).eval()
+    image = np.random.default_rng(1).random((8, 16, 20)).astype(np.float32)
+    probabilities = sliding_window(network, image, (16, 32, 32), 4)
+    with torch.no_grad():
+        direct = torch.softmax(network(torch.from_numpy(image)[None, None]), 1)[0].numpy()
+    np.testing.assert_allclose(probabilities, direct, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "path", ["totalsegmentator/example_ct.nii.gz", "totalsegmentator/example_ct_dicom", "dcmqi/ct-3slice"]
+)
+def test_segment_real_ct_lands_on_its_exact_grid(real_data, tiny_model, path):
+    ct = read_ct(real_data / path)
+    reported = []
+    result = segment(ct, model=tiny_model, device="cpu", probabilities=True, progress=lambda f, m: reported.append(f))
+    assert result.labels.grid == ct.grid  # shape, spacing, origin and direction: the very same
+    assert result.tumour_probability.grid == ct.grid
+    assert set(np.unique(result.labels.array)) <= {0, 2}
+    assert 0.0 <= result.tumour_probability.array.min() and result.tumour_probability.array.max() <= 1.0
+    assert reported[0] == 0.0 and reported[-1] == 1.0 and reported == sorted(reported)
+
+
+def test_segment_oblique_volume_stays_on_its_grid(tiny_model):
+    from livertumor.phantom import make_phantom
+
+    phantom = make_phantom(2, (24, 48, 48), (6.0, 6.0, 6.0))
+    ct = Volume(phantom.ct.array, Grid(phantom.ct.shape, phantom.ct.spacing, (1.0, 2.0, 3.0), DIRECTIONS["oblique"]))
+    assert segment(ct, model=tiny_model, device="cpu").labels.grid == ct.grid
+
+
+def test_segment_refuses_bad_input(tiny_model):
+    mr = Volume.from_array(np.random.default_rng(0).integers(0, 3000, (8, 16, 16)).astype(np.int16))
+    with pytest.raises(NotCTError, match="not a CT"):
+        segment(mr, model=tiny_model, device="cpu")
+    with pytest.raises(DimensionError):
+        from livertumor.io import from_sitk
+        import SimpleITK as sitk
+
+        segment(from_sitk(sitk.Image(8, 8, sitk.sitkInt16)), model=tiny_model)
+
+
+def test_unavailable_device_is_named():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(DeviceError, match="unknown device"):
+        resolve_device("gpu0")
+    assert resolve_device("auto").type in ("cpu", "mps")

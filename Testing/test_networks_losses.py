@@ -1,0 +1,97 @@
+"""The paper's network layout and the weighted Dice loss of equations (1)-(2), by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from livertumor.losses import weighted_dice_loss
+from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig
+
+
+def test_paper_layout_widths_blocks_and_cost():
+    net = ResUNet3d(ResUNetConfig())
+    assert [len(stage) for stage in net.encoder] == [2, 2, 3, 3]
+    assert [len(stage) for stage in net.decoder] == [3, 3, 2, 2]
+    assert [stage[-1].body[3].out_channels for stage in net.encoder] == [16, 32, 64, 128]
+    assert [stage[-1].body[3].out_channels for stage in net.decoder] == [64, 32, 16, 8]
+    assert net.head[-1].out_channels == 2
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(torch.zeros(1, 1, 16, 64, 64))
+    # ~221 GFLOP per 64x256x256 volume, i.e. 221e9 / 64 for this 1/64 volume
+    assert counter.get_total_flops() * 64 == pytest.approx(221e9, rel=0.01)
+
+
+def test_residual_block_shortcut_only_when_width_changes():
+    assert isinstance(ResidualBlock3d(8, 8).shortcut, torch.nn.Identity)
+    assert isinstance(ResidualBlock3d(8, 16).shortcut, torch.nn.Conv3d)
+
+
+def test_kaiming_uniform_initialisation():
+    net = ResUNet3d(TINY)
+    conv = net.encoder[0][0].body[0]
+    bound = math.sqrt(6.0 / (conv.in_channels * 27))  # gain sqrt(2) for ReLU: sqrt(2) * sqrt(3 / fan_in)
+    assert conv.weight.abs().max() <= bound
+    assert conv.weight.abs().max() > 0.9 * bound
+
+
+def test_shapes_and_gradients_reach_every_parameter():
+    net = ResUNet3d(TINY)
+    x = torch.randn(2, 1, 8, 16, 12)
+    out = net(x)
+    assert out.shape == (2, 2, 8, 16, 12)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+    with pytest.raises(ValueError, match="multiples of 4"):
+        net(torch.randn(1, 1, 8, 16, 10))
+
+
+def test_bad_architecture_is_refused():
+    with pytest.raises(ValueError, match="need 2 encoder"):
+        ResUNetConfig(widths=(4, 8, 16), encoder_blocks=(1,), decoder_blocks=(1, 1))
+
+
+def test_weighted_dice_matches_hand_computation():
+    # 4 voxels, 2 classes; truth: one tumour voxel.
+    p_tumour = torch.tensor([0.9, 0.2, 0.1, 0.4])
+    logits = torch.stack([torch.zeros(4), torch.log(p_tumour / (1 - p_tumour))])[None]
+    target = torch.tensor([[1, 0, 0, 0]])
+    eps = 1e-3
+    g = [3.0, 1.0]  # voxels of background, tumour
+    w = [(1.0 + eps) / (4.0 + eps), (3.0 + eps) / (4.0 + eps)]  # eq. (2): share of the *other* classes
+    p_bg = 1 - p_tumour
+    dice_bg = (2 * float(p_bg[1:].sum()) + eps) / (float(p_bg.sum()) + g[0] + eps)
+    dice_t = (2 * 0.9 + eps) / (float(p_tumour.sum()) + g[1] + eps)
+    expected = 1 - (w[0] * dice_bg + w[1] * dice_t)
+    assert weighted_dice_loss(logits, target, eps).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_weights_sum_to_c_minus_one_and_perfect_prediction():
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    target[0, :2] = 1
+    target[0, 0, 0] = 2
+    perfect = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float() * 50
+    # perfect: each Dice term is 1, so L = 1 - sum(w) = 1 - (C - 1) = -1 for three classes
+    assert weighted_dice_loss(perfect, target, eps=1e-6).item() == pytest.approx(-1.0, abs=1e-4)
+    two = (target > 0).long()
+    perfect_two = torch.nn.functional.one_hot(two, 2).movedim(-1, 1).float() * 50
+    assert weighted_dice_loss(perfect_two, two, eps=1e-6).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_negative_volume_still_teaches_with_eps_one():
+    logits = torch.zeros(1, 2, 8, 8, 8, requires_grad=True)
+    weighted_dice_loss(logits, torch.zeros(1, 8, 8, 8, dtype=torch.long), eps=1.0).backward()
+    assert logits.grad[0, 1].mean() > 0  # pushes tumour logits down where there is no tumour
+
+
+def test_each_volume_of_a_batch_gets_its_own_weights():
+    target = torch.zeros(2, 4, 4, 4, dtype=torch.long)
+    target[0, 0, 0, 0] = 1
+    logits = torch.randn(2, 2, 4, 4, 4)
+    batch = weighted_dice_loss(logits, target)
+    single = [weighted_dice_loss(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    assert batch.item() == pytest.approx(sum(s.item() for s in single) / 2)

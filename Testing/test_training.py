@@ -1,0 +1,203 @@
+"""Curriculum data, schemas, reproducibility, resume after kill -9, DDP, and bad training data."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TINY_SETTINGS
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from livertumor.data import Augmentation, CurriculumSamples, prepare_case, tumour_patch_size
+from livertumor.datasets import find_cases
+from livertumor.errors import DatasetError
+from livertumor.preprocess import PreprocessConfig
+from livertumor.training import SCHEMAS, TrainConfig, Trainer, train_model
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny_data):
+    config = PreprocessConfig.from_dict(TINY_SETTINGS["preprocess"])
+    return [prepare_case(case, config) for case in find_cases(tiny_data)]
+
+
+def test_prepared_cases_hold_windowed_images_and_effective_range(prepared, tiny_data):
+    for case in prepared:
+        assert case.image.dtype == np.float32 and 0.0 <= case.image.min() and case.image.max() <= 1.0
+        assert case.grid.spacing == (5.0, 5.0, 5.0)
+        assert case.label.shape == case.image.shape
+        labelled = np.flatnonzero((case.label > 0).reshape(case.label.shape[0], -1).any(1))
+        assert labelled[0] <= 2 and labelled[-1] >= case.label.shape[0] - 3  # +-2 slices of margin, or the edge
+
+
+def test_patch_size_is_largest_tumour_box_rounded_up(prepared):
+    from scipy import ndimage
+
+    largest = np.zeros(3, int)
+    for case in prepared:
+        ids, _ = ndimage.label(case.label == 2, np.ones((3, 3, 3)))
+        for box in ndimage.find_objects(ids):
+            largest = np.maximum(largest, [s.stop - s.start for s in box])
+    size = tumour_patch_size(prepared, 4, (16, 32, 32))
+    assert all(s % 4 == 0 for s in size)
+    assert all(s >= min(b, limit) for s, b, limit in zip(size, largest, (16, 32, 32)))
+    assert all(s < b + 4 or s == 4 for s, b in zip(size, largest))
+
+
+def test_positive_patches_hold_tumour_and_negative_ones_none(prepared):
+    size = tumour_patch_size(prepared, 4, (16, 32, 32))
+    samples = CurriculumSamples(
+        prepared, "patch", size, (4, 8, 8), 60, seed=3, stage=1, augmentation=Augmentation(enabled=False)
+    )
+    tumour = [bool(samples[i][1].any()) for i in range(60)]
+    rng_positive = [np.random.default_rng([3, 1, 0, i]).random() < 0.5 for i in range(60)]
+    assert tumour == rng_positive  # positives exactly where drawn, negatives clean
+    assert 15 < sum(tumour) < 45
+
+
+def test_samples_depend_on_seed_stage_epoch_index_only(prepared):
+    def batches(workers, epoch):
+        samples = CurriculumSamples(prepared, "whole", (16, 32, 32), (3, 6, 6), 6, seed=1, stage=0)
+        samples.set_epoch(epoch)
+        return [b[0] for b in DataLoader(samples, batch_size=2, num_workers=workers)]
+
+    same = batches(0, 0)
+    for a, b in zip(same, batches(2, 0)):
+        torch.testing.assert_close(a, b)
+    assert not all(torch.equal(a, b) for a, b in zip(same, batches(0, 1)))
+
+
+def test_augmentation_keeps_shape_and_labels():
+    rng = np.random.default_rng(0)
+    image = rng.random((8, 16, 16)).astype(np.float32)
+    target = np.zeros((8, 16, 16), np.uint8)
+    target[2:6, 4:12, 4:12] = 1
+    out_image, out_target = Augmentation(flip_axes=(0,)).apply(image, target, rng)
+    assert out_image.shape == image.shape and out_target.shape == target.shape
+    assert set(np.unique(out_target)) <= {0, 1} and out_target.sum() > 0.5 * target.sum()
+    same_image, same_target = Augmentation(enabled=False).apply(image, target, rng)
+    assert same_image is image and same_target is target
+
+
+def test_schemas_and_learning_rate_decay():
+    plan = TrainConfig(schema="three-stage", epochs=7).stage_plan()
+    assert [(k, e) for k, e, _ in plan] == [("whole", 3), ("patch", 2), ("whole", 2)]
+    assert [lr for _, _, lr in plan] == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert [k for k, _, _ in TrainConfig(schema="patch-to-whole").stage_plan()] == ["patch", "whole"]
+    assert set(SCHEMAS) == {"three-stage", "whole-to-patch", "patch-to-whole", "naive", "cascade"}
+    with pytest.raises(ValueError, match="unknown schema"):
+        TrainConfig(schema="curriculum")
+
+
+def tiny_trainer(prepared, work, **changes):
+    config = TrainConfig.from_json({**TINY_SETTINGS, **changes})
+    return Trainer(config, prepared[:3], prepared[3:4], work)
+
+
+def test_seeded_runs_are_reproducible(prepared, tmp_path):
+    weights = []
+    for run in ("a", "b"):
+        trainer = tiny_trainer(prepared, tmp_path / run)
+        history = trainer.run()
+        assert [row["kind"] for row in history] == ["whole", "patch", "whole"]
+        assert all(row["dg"] is not None for row in history)
+        weights.append(load_file(str(trainer.last_path)))
+    for key in weights[0]:
+        torch.testing.assert_close(weights[0][key], weights[1][key], rtol=0, atol=0)
+
+
+def test_killed_run_resumes_to_the_same_weights(tiny_data, tmp_path):
+    settings = {**TINY_SETTINGS, "stage_epochs": [2, 1, 1], "iterations_per_epoch": 3}
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    script = (
+        "import json,sys; from livertumor.datasets import find_cases; from livertumor.training import *;"
+        "cases=find_cases(sys.argv[1]); config=TrainConfig.from_json(json.load(open(sys.argv[2])));"
+        "train_model(cases[:3], cases[3:4], config, sys.argv[3], work_dir=sys.argv[4])"
+    )
+
+    def launch(out, work):
+        return subprocess.Popen(
+            [sys.executable, "-c", script, str(tiny_data), str(tmp_path / "settings.json"), str(out), str(work)],
+            cwd=REPO,
+        )
+
+    assert launch(tmp_path / "whole", tmp_path / "whole.work").wait() == 0
+    victim = launch(tmp_path / "resumed", tmp_path / "resumed.work")
+    checkpoint = tmp_path / "resumed.work" / "tumour-last.safetensors"
+    deadline = time.time() + 120
+    while not checkpoint.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    assert not (tmp_path / "resumed").exists()
+    assert launch(tmp_path / "resumed", tmp_path / "resumed.work").wait() == 0
+    done = load_file(str(tmp_path / "whole" / "tumour.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "tumour.safetensors"))
+    for key in done:
+        torch.testing.assert_close(done[key], resumed[key], rtol=0, atol=0)
+
+
+def test_two_process_ddp_ends_with_identical_weights(tiny_data, tmp_path):
+    settings = {**TINY_SETTINGS, "stage_epochs": [1, 1, 1], "iterations_per_epoch": 2}
+    (tmp_path / "settings.json").write_text(json.dumps(settings))
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import json, os, sys, hashlib, torch\n"
+        "from livertumor.data import prepare_case\n"
+        "from livertumor.datasets import find_cases\n"
+        "from livertumor.training import TrainConfig, Trainer\n"
+        "config = TrainConfig.from_json(json.load(open(sys.argv[2])))\n"
+        "cases = [prepare_case(c, config.preprocess) for c in find_cases(sys.argv[1])]\n"
+        "trainer = Trainer(config, cases[:3], cases[3:4], sys.argv[3])\n"
+        "trainer.run()\n"
+        "state = trainer.model.state_dict()\n"
+        "digest = hashlib.sha256(b''.join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()\n"
+        "open(os.path.join(sys.argv[3], f'rank{os.environ[\"RANK\"]}.sha'), 'w').write(digest)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            str(script),
+            str(tiny_data),
+            str(tmp_path / "settings.json"),
+            str(tmp_path / "work"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [(tmp_path / "work" / f"rank{r}.sha").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    initial = TrainConfig.from_json(settings)
+    torch.manual_seed(initial.seed)
+    from livertumor.networks import ResUNet3d
+
+    untrained = ResUNet3d(initial.architecture).state_dict()
+    trained = load_file(str(tmp_path / "work" / "tumour-last.safetensors"))
+    assert any(not torch.equal(untrained[k], trained[f"model.{k}"]) for k in untrained)
+
+
+def test_data_without_tumour_is_refused(tiny_data, tmp_path):
+    cases = find_cases(tiny_data)
+    lesion_free = [c for c in cases if c.name == "case-4"]
+    with pytest.raises(DatasetError, match="holds no tumour"):
+        train_model(lesion_free, [], TrainConfig.from_json(TINY_SETTINGS), tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -1,0 +1,212 @@
+"""Training data of the curriculum: whole input volumes (sub-images) and tumour patches.
+
+Each case is prepared once (body crop, spacing interpolation, HU window, effective range: the paper's
+preprocessing, with the parameters of the model's :class:`~livertumor.preprocess.PreprocessConfig`). A
+sample is then drawn from a random generator seeded by ``(seed, stage, epoch, index)``, so what a sample
+holds depends neither on the number of loader workers nor on whether the run was resumed: runs are
+reproducible and a resumed run continues exactly where the interrupted one stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from .datasets import Case
+from .errors import DatasetError
+from .io import read_ct, read_label
+from .networks import round_up
+from .preprocess import (
+    PreprocessConfig,
+    body_box,
+    effective_range,
+    extract_block,
+    resample_label,
+    resample_to_spacing,
+    sub_image_starts,
+    window_hu,
+)
+from .volume import Grid
+
+Task = Literal["tumour", "liver"]
+TUMOUR, LIVER = 2, 1
+
+
+@dataclass(frozen=True)
+class PreparedCase:
+    """A training case on the network's grid: windowed image in [0, 1] and the 0/1/2 label map."""
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    grid: Grid
+
+    def target(self, task: Task) -> np.ndarray:
+        """The class map a network learns: tumour vs rest, or liver (with its tumours) vs rest."""
+        return (self.label == TUMOUR if task == "tumour" else self.label >= LIVER).astype(np.uint8)
+
+
+def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
+    """Read a case and apply the training preprocessing (effective range included)."""
+    ct = read_ct(case.image)
+    label = read_label(case.label, reference=ct.grid)
+    if config.crop_body:
+        start, stop = body_box(ct)
+        ct, label = ct.crop(start, stop), label.crop(start, stop)
+    ct = resample_to_spacing(ct, config.spacing, config.interpolation)
+    label = resample_label(label, ct.grid)
+    first, last = effective_range(label.array, config.range_margin)
+    ct = ct.crop((first, 0, 0), (last, *ct.shape[1:]))
+    label = label.crop((first, 0, 0), (last, *label.shape[1:]))
+    image = window_hu(ct.array, config.window_width, config.window_center)
+    return PreparedCase(case.name, image, label.array.astype(np.uint8), ct.grid)
+
+
+def require_tumour(cases: Sequence[PreparedCase], source: str = "the training data") -> None:
+    """Refuse a data set without any tumour voxel: the curriculum has nothing to learn from it."""
+    if not any((c.label == TUMOUR).any() for c in cases):
+        raise DatasetError(f"{source} holds no tumour (label 2) in any of its {len(cases)} cases")
+
+
+def tumour_patch_size(cases: Sequence[PreparedCase], divisor: int, limit: Sequence[int]) -> tuple[int, int, int]:
+    """Stage 2's patch: the largest tumour bounding box of the training set (the paper's rule), rounded up
+    to what the network's poolings need and no larger than the whole-volume block."""
+    largest = np.zeros(3, int)
+    structure = np.ones((3, 3, 3), bool)
+    for case in cases:
+        ids, _ = ndimage.label(case.label == TUMOUR, structure)
+        for box in ndimage.find_objects(ids):
+            largest = np.maximum(largest, [s.stop - s.start for s in box])
+    return tuple(min(int(b), int(s)) for b, s in zip(round_up(np.maximum(largest, 1), divisor), limit))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Random changes a careful expert applies to CT training samples.
+
+    Flips are off by default: the liver lies on the patient's right, and a network that segments
+    without a liver mask uses that context. Rotations are about the slice axis only (patients lie on
+    their back), scalings mimic body size, intensity jitter mimics contrast timing and scanners.
+    """
+
+    enabled: bool = True
+    rotate_degrees: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.05
+    flip_axes: tuple[int, ...] = ()
+
+    def apply(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Augment one ``(D, H, W)`` sample; returns new arrays of the same shape."""
+        if not self.enabled:
+            return image, target
+        angle = math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
+        zoom = rng.uniform(*self.scale)
+        if abs(angle) > 1e-6 or abs(zoom - 1.0) > 1e-6:
+            # affine_grid works in (x, y, z) normalised coordinates; rotate in the x-y plane.
+            cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+            theta = torch.tensor([[[cos, -sin, 0.0, 0.0], [sin, cos, 0.0, 0.0], [0.0, 0.0, 1.0 / zoom, 0.0]]])
+            shape = (1, 1, *image.shape)
+            grid = torch.nn.functional.affine_grid(theta, shape, align_corners=False)
+            image = _sample(image, grid, "bilinear")
+            target = _sample(target.astype(np.float32), grid, "nearest").astype(target.dtype)
+        image = image * np.float32(1 + rng.uniform(-self.intensity_scale, self.intensity_scale))
+        image = image + np.float32(rng.uniform(-self.intensity_shift, self.intensity_shift))
+        for axis in self.flip_axes:
+            if rng.random() < 0.5:
+                image, target = np.flip(image, axis), np.flip(target, axis)
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
+
+
+def _sample(array: np.ndarray, grid: torch.Tensor, mode: str) -> np.ndarray:
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    out = torch.nn.functional.grid_sample(tensor, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return out[0, 0].numpy()
+
+
+class CurriculumSamples(Dataset):
+    """Samples of one stage: whole input volumes (``kind="whole"``) or tumour patches (``"patch"``).
+
+    ``length`` samples per epoch; call :meth:`set_epoch` before each epoch. Patches are positive
+    (around a random tumour, anywhere inside the patch) with probability ``positive_fraction``, else
+    negative (no tumour voxel).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[PreparedCase],
+        kind: Literal["whole", "patch"],
+        size: Sequence[int],
+        stride: Sequence[int],
+        length: int,
+        seed: int,
+        stage: int,
+        task: Task = "tumour",
+        positive_fraction: float = 0.5,
+        augmentation: Augmentation = Augmentation(),
+    ) -> None:
+        self.cases, self.kind, self.size, self.stride = list(cases), kind, tuple(size), tuple(stride)
+        self.length, self.seed, self.stage, self.task = int(length), int(seed), int(stage), task
+        self.positive_fraction, self.augmentation = positive_fraction, augmentation
+        self.epoch = 0
+        self.targets = [case.target(task) for case in self.cases]
+        self.starts = [sub_image_starts(case.image.shape, self.size, self.stride) for case in self.cases]
+        structure = np.ones((3, 3, 3), bool)
+        self.tumours = []
+        for target in self.targets:
+            ids, _ = ndimage.label(target, structure)
+            self.tumours.append(ndimage.find_objects(ids))
+        self.positive_cases = [i for i, boxes in enumerate(self.tumours) if boxes]
+        if kind == "patch" and not self.positive_cases:
+            raise DatasetError("tumour patches need at least one case with a tumour")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.stage, self.epoch, int(index)])
+        if self.kind == "whole":
+            case = int(rng.integers(len(self.cases)))
+            start = self.starts[case][int(rng.integers(len(self.starts[case])))]
+        elif rng.random() < self.positive_fraction:
+            case = self.positive_cases[int(rng.integers(len(self.positive_cases)))]
+            start = self._positive_start(case, rng)
+        else:
+            case, start = self._negative_start(rng)
+        image = extract_block(self.cases[case].image, start, self.size, 0.0)
+        target = extract_block(self.targets[case], start, self.size, 0)
+        image, target = self.augmentation.apply(image, target, rng)
+        return torch.from_numpy(image)[None], torch.from_numpy(target.astype(np.int64))
+
+    def _positive_start(self, case: int, rng: np.random.Generator) -> tuple[int, ...]:
+        boxes = self.tumours[case]
+        box = boxes[int(rng.integers(len(boxes)))]
+        shape = self.cases[case].image.shape
+        start = []
+        for s, length, n in zip(box, self.size, shape):
+            low, high = s.stop - length, s.start  # every start that keeps the tumour inside the patch
+            if low > high:  # tumour larger than the patch: centre it
+                low = high = (s.start + s.stop - length) // 2
+            low, high = max(low, 0), max(min(high, n - length), 0)
+            start.append(int(rng.integers(min(low, high), max(low, high) + 1)))
+        return tuple(start)
+
+    def _negative_start(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
+        for _ in range(50):
+            case = int(rng.integers(len(self.cases)))
+            shape = self.cases[case].image.shape
+            start = tuple(int(rng.integers(0, max(1, n - length + 1))) for n, length in zip(shape, self.size))
+            window = tuple(slice(a, a + length) for a, length in zip(start, self.size))
+            if not self.targets[case][window].any():
+                return case, start
+        return case, start  # tumour everywhere: accept a mixed patch rather than loop forever

@@ -1,0 +1,188 @@
+"""Sliding-window inference with Gaussian blending, and ``segment``: a CT in, tumour labels on its grid out."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import LiverTumorError
+from .networks import round_up
+from .preprocess import extract_block, prepare_ct, restore_to_grid, sub_image_starts
+from .volume import Volume
+
+Progress = Callable[[float, str], None]
+
+
+class DeviceError(LiverTumorError):
+    """The requested compute device is not available here."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; a named device must exist here."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(name)
+    except RuntimeError as error:
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} asked for, but this PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    if resolved.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError(f"device {name!r} asked for, but Apple MPS is not available here")
+    return resolved
+
+
+def gaussian_importance(size: tuple[int, ...], sigma_fraction: float = 0.125) -> np.ndarray:
+    """Weights that fall off from a window's centre (sigma = 1/8 of the side), so overlapping windows
+    blend smoothly and a window's unreliable border counts least. Never zero."""
+    axes = []
+    for n in size:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2.0
+        axes.append(np.exp(-0.5 * (x / max(n * sigma_fraction, 1e-6)) ** 2))
+    weights = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    weights /= weights.max()
+    return np.maximum(weights, 1e-3).astype(np.float32)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on GPU, fp32 on CPU)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def sliding_window(
+    network: nn.Module,
+    image: np.ndarray,
+    block: tuple[int, int, int],
+    divisor: int,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    device: torch.device | None = None,
+    precision: str = "auto",
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Class probabilities ``(C, D, H, W)`` of ``image`` ``(D, H, W)`` from overlapping windows.
+
+    The window is ``block``, shrunk to the image (rounded up to ``divisor``) where the image is smaller.
+    At most ``batch_size`` windows of logits exist at once, so memory stays bounded on any CT.
+    """
+    device = device or torch.device("cpu")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    window = tuple(min(b, s) for b, s in zip(block, round_up(image.shape, divisor)))
+    stride = tuple(max(1, round(w * (1.0 - overlap))) for w in window)
+    starts = sub_image_starts(image.shape, window, stride)
+    weights = gaussian_importance(window)
+    weights_tensor = torch.from_numpy(weights).to(device)
+    accumulated: np.ndarray | None = None
+    total_weight = np.zeros(image.shape, np.float32)
+    network.eval()
+    for first in range(0, len(starts), batch_size):
+        group = starts[first : first + batch_size]
+        batch = np.stack([extract_block(image, start, window, 0.0) for start in group])[:, None]
+        with autocast_context(device, precision):
+            logits = network(torch.from_numpy(batch).to(device))
+        probabilities = (torch.softmax(logits.float(), dim=1) * weights_tensor).cpu().numpy()
+        if accumulated is None:
+            accumulated = np.zeros((probabilities.shape[1], *image.shape), np.float32)
+        for start, values in zip(group, probabilities):
+            target = tuple(slice(s, min(s + w, n)) for s, w, n in zip(start, window, image.shape))
+            crop = tuple(slice(0, t.stop - t.start) for t in target)
+            accumulated[(slice(None), *target)] += values[(slice(None), *crop)]
+            total_weight[target] += weights[crop]
+        if progress:
+            progress(min(1.0, (first + len(group)) / len(starts)), "sliding window")
+    accumulated /= total_weight[None]
+    return accumulated
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """What ``segment`` returns: labels (0 background, 1 liver where the model gives it, 2 tumour) and,
+    if asked, the tumour probability, both on the input CT's exact grid."""
+
+    labels: Volume
+    tumour_probability: Volume | None
+    model_name: str
+
+
+def segment(
+    image: Volume | str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 1,
+    overlap: float = 0.5,
+    probabilities: bool = False,
+    precision: str = "auto",
+    progress: Progress | None = None,
+) -> Segmentation:
+    """Segment liver tumours in a CT: preprocessing from the model's card, sliding window, back onto the
+    CT's grid. ``model`` is a registry name, a model folder, or None for the default model."""
+    from .io import check_ct_values, read_ct
+    from .models import load_model
+
+    if isinstance(image, (str, os.PathLike, Path)):
+        ct = read_ct(image)
+    else:
+        check_ct_values(image)
+        ct = image
+    torch_device = resolve_device(device)
+    loaded = load_model(model, torch_device)
+    config = loaded.card.preprocess
+    report = progress or (lambda fraction, message: None)
+    report(0.0, "preprocessing")
+    prepared = prepare_ct(ct, config)
+    stages = loaded.cascade_stages()
+    labels = np.zeros(prepared.shape, np.uint8)
+    tumour = np.zeros(prepared.shape, np.float32)
+    region = tuple(slice(0, n) for n in prepared.shape)
+    for index, (role, network) in enumerate(stages):
+
+        def stage_progress(fraction: float, message: str, index: int = index, role: str = role) -> None:
+            report(0.05 + 0.85 * (index + fraction) / len(stages), f"{role}: {message}")
+
+        result = sliding_window(
+            network,
+            prepared.array[region],
+            config.block,
+            loaded.card.architecture.divisor,
+            overlap,
+            batch_size,
+            torch_device,
+            precision,
+            stage_progress,
+        )
+        if role == "liver":
+            liver = result.argmax(0) == 1
+            labels[liver] = 1
+            region = loaded.liver_box(liver, prepared.grid)
+        else:
+            tumour[region] = result[1]
+            labels[region][result.argmax(0) == 1] = 2
+    report(0.9, "mapping back onto the input grid")
+    on_input = restore_to_grid(prepared.with_array(labels), ct.grid, is_label=True)
+    probability = None
+    if probabilities:
+        probability = restore_to_grid(prepared.with_array(tumour), ct.grid, is_label=False)
+    report(1.0, "done")
+    return Segmentation(on_input, probability, loaded.card.name)

@@ -1,0 +1,263 @@
+"""Model files and the model registry.
+
+A model is a folder: one safetensors file of weights per network (``tumour``, plus ``liver`` for the
+cascade) and ``card.json``, which says everything needed to use it again — architecture, preprocessing,
+labels, training schema and stages, training data, validation metrics, version, parent model — and
+the sha256 of each weights file, verified on every load. Nothing is pickled, no code is loaded.
+
+The registry lists shipped models (``Resources/Models``, with ``manifest.json``) and the user's own
+(``$LIVERTUMOR_HOME/models``, by default ``~/.livertumor/models``). Saving never overwrites: a folder
+that exists is refused, and fine-tuning makes a new version beside its parent.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import LiverTumorError
+from .networks import ResUNet3d, ResUNetConfig
+from .preprocess import PreprocessConfig
+from .volume import Grid
+
+MODEL_FORMAT = "livertumor-model/1"
+CARD_NAME = "card.json"
+DEFAULT_MODEL = "demo-curriculum"
+NOT_CLINICAL = "Research and demonstration only. Not a medical device; not for diagnosis or treatment decisions."
+
+
+class ModelFileError(LiverTumorError):
+    """A model folder or weights file is missing, truncated, or does not fit its card."""
+
+
+class ModelChecksumError(ModelFileError):
+    """A weights file's sha256 differs from the one its card records."""
+
+
+class ModelExistsError(LiverTumorError):
+    """Saving would overwrite an existing model."""
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    """Everything about a model but its weights."""
+
+    name: str
+    version: str
+    architecture: ResUNetConfig
+    preprocess: PreprocessConfig
+    schema: str
+    stages: list[dict] = field(default_factory=list)
+    weights: dict[str, dict] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=lambda: {"0": "background", "1": "liver", "2": "tumour"})
+    liver_margin_mm: float = 10.0
+    training_data: dict = field(default_factory=dict)
+    validation: dict = field(default_factory=dict)
+    parent: str | None = None
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    intended_use: str = NOT_CLINICAL
+    notes: str = ""
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["architecture"] = self.architecture.to_dict()
+        data["preprocess"] = self.preprocess.to_dict()
+        return {"format": MODEL_FORMAT, **data}
+
+    @classmethod
+    def from_json(cls, data: dict, source: str = "the card") -> ModelCard:
+        if data.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{source} is not a {MODEL_FORMAT} card (format {data.get('format')!r})")
+        values = {k: v for k, v in data.items() if k != "format"}
+        try:
+            values["architecture"] = ResUNetConfig.from_dict(values["architecture"])
+            values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])
+            return cls(**values)
+        except (KeyError, TypeError, ValueError) as error:
+            raise ModelFileError(f"{source} is incomplete or invalid: {error}") from error
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} {self.version}"
+
+
+def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], card: ModelCard) -> Path:
+    """Write a new model folder: weights (safetensors) and the card with their sha256.
+
+    The folder is assembled under a temporary name and renamed at the end, so it appears complete or
+    not at all. An existing folder is refused (:class:`ModelExistsError`).
+    """
+    directory = Path(directory)
+    if directory.exists():
+        raise ModelExistsError(f"{directory} exists; models are never overwritten: choose a new folder")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        card.weights = {}
+        for role, network in networks.items():
+            file = f"{role}.safetensors"
+            state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+            save_file(state, str(staging / file), metadata={"role": role, "format": MODEL_FORMAT})
+            card.weights[role] = {"file": file, "sha256": sha256_of(staging / file)}
+        (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=1))
+        os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: its card and its networks in eval mode on a device."""
+
+    card: ModelCard
+    networks: dict[str, ResUNet3d]
+    path: Path
+
+    def cascade_stages(self) -> list[tuple[str, ResUNet3d]]:
+        """The networks in the order inference runs them: the liver network first, if any."""
+        return [(role, self.networks[role]) for role in ("liver", "tumour") if role in self.networks]
+
+    def liver_box(self, liver: np.ndarray, grid: Grid) -> tuple[slice, slice, slice]:
+        """Where the cascade's tumour network looks: the predicted liver's box plus the card's margin
+        (the whole volume when no liver was found)."""
+        if not liver.any():
+            return tuple(slice(0, n) for n in liver.shape)
+        margin = np.ceil(self.card.liver_margin_mm / np.asarray(grid.spacing_zyx)).astype(int)
+        coordinates = np.argwhere(liver)
+        low = np.maximum(coordinates.min(0) - margin, 0)
+        high = np.minimum(coordinates.max(0) + 1 + margin, liver.shape)
+        return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
+def read_card(directory: str | os.PathLike) -> ModelCard:
+    """The card of a model folder (no weights read)."""
+    path = Path(directory) / CARD_NAME
+    if not path.is_file():
+        raise ModelFileError(f"{directory} is not a model folder: it has no {CARD_NAME}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path} is not valid JSON ({error})") from error
+    return ModelCard.from_json(data, str(path))
+
+
+def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a model by registry name, folder or None (the default model), verifying every checksum."""
+    directory = resolve_model(model)
+    card = read_card(directory)
+    networks = {}
+    for role, entry in card.weights.items():
+        path = directory / entry["file"]
+        if not path.is_file():
+            raise ModelFileError(f"{path} is missing (listed in {directory / CARD_NAME})")
+        actual = sha256_of(path)
+        if actual != entry["sha256"]:
+            raise ModelChecksumError(
+                f"{path} fails its checksum: the card records sha256 {entry['sha256'][:16]}..., the file has "
+                f"{actual[:16]}...; it is corrupt, truncated or was replaced. Reinstall or re-export the model."
+            )
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise ModelFileError(f"{path} cannot be read as safetensors: {error}") from error
+        network = ResUNet3d(card.architecture)
+        try:
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise ModelFileError(f"{path} does not fit the architecture in its card: {error}") from error
+        networks[role] = network.to(device).eval()
+    if "tumour" not in networks:
+        raise ModelFileError(f"{directory} has no tumour network in its card")
+    return LoadedModel(card, networks, directory)
+
+
+def shipped_models_dir() -> Path:
+    """``Resources/Models`` of the extension (``$LIVERTUMOR_RESOURCES/Models`` overrides)."""
+    override = os.environ.get("LIVERTUMOR_RESOURCES")
+    base = Path(override) if override else Path(__file__).resolve().parents[1] / "Resources"
+    return base / "Models"
+
+
+def user_models_dir() -> Path:
+    """The user's own models: ``$LIVERTUMOR_HOME/models``, by default ``~/.livertumor/models``."""
+    home = os.environ.get("LIVERTUMOR_HOME")
+    return (Path(home) if home else Path.home() / ".livertumor") / "models"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    version: str
+    path: Path
+    source: str  # "shipped" or "user"
+    schema: str
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in version.replace("+", ".").split("."))
+
+
+def list_models() -> list[RegistryEntry]:
+    """Every model found, shipped ones first, then the user's; each list sorted by name and version."""
+    entries = []
+    for source, folder in (("shipped", shipped_models_dir()), ("user", user_models_dir())):
+        if not folder.is_dir():
+            continue
+        found = []
+        for card_path in sorted(folder.glob(f"*/{CARD_NAME}")):
+            try:
+                card = read_card(card_path.parent)
+            except ModelFileError:
+                continue  # a broken folder is reported when someone asks for it by path
+            found.append(RegistryEntry(card.name, card.version, card_path.parent, source, card.schema))
+        entries += sorted(found, key=lambda e: (e.name, _version_key(e.version)))
+    return entries
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """A model folder from a folder path, a registry name (newest version) or ``name:version``."""
+    if model is None:
+        model = DEFAULT_MODEL
+    path = Path(model)
+    if path.is_dir():
+        return path
+    if path.name == CARD_NAME and path.is_file():
+        return path.parent
+    name, _, version = str(model).partition(":")
+    candidates = [e for e in list_models() if e.name == name and (not version or e.version == version)]
+    if not candidates:
+        known = ", ".join(sorted({f"{e.name}:{e.version}" for e in list_models()})) or "none"
+        raise ModelFileError(f"no model folder or registered model {model!r} (registered: {known})")
+    return max(candidates, key=lambda e: _version_key(e.version)).path
+
+
+def next_version(name: str, parent_version: str) -> str:
+    """The first free ``parent.N`` version of ``name`` in the registry (fine-tuning never reuses one)."""
+    taken = {e.version for e in list_models() if e.name == name}
+    number = 1
+    while f"{parent_version}.{number}" in taken:
+        number += 1
+    return f"{parent_version}.{number}"

@@ -1,0 +1,157 @@
+"""The first paper's 3D residual U-Net (Li et al., layout as published by the authors).
+
+Encoder: level 1 is two 3x3x3 convolutions; levels 2-5 start with a 2x2x2 max-pooling and hold 2, 2, 3, 3
+residual blocks. Decoder levels 4-1: a 2x2x2 transposed convolution (with instance norm and ReLU)
+upsamples, the encoder's features of that level are concatenated, then 3, 3, 2, 2 residual blocks. Head:
+1x1x1 conv-IN-ReLU and a 1x1x1 conv to the classes (softmax is applied by the loss and by inference).
+Features 8, 16, 32, 64, 128. A residual block is conv-IN-ReLU-conv-IN plus the input (through a 1x1x1
+convolution when the width changes), then ReLU. Weights are Kaiming-uniform initialised.
+
+Width and depth are arguments, so a tiny configuration serves the tests and CPU work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+
+def _norm(channels: int) -> nn.InstanceNorm3d:
+    return nn.InstanceNorm3d(channels, affine=True)
+
+
+class ResidualBlock3d(nn.Module):
+    """conv3-IN-ReLU-conv3-IN + shortcut (1x1x1 conv if the width changes), then ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv3d(in_channels, out_channels, 3, padding=1, bias=False),
+            _norm(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=False),
+            _norm(out_channels),
+        )
+        self.shortcut = (
+            nn.Identity() if in_channels == out_channels else nn.Conv3d(in_channels, out_channels, 1, bias=False)
+        )
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.body(x) + self.shortcut(x))
+
+
+def _stack(in_channels: int, out_channels: int, blocks: int) -> nn.Sequential:
+    return nn.Sequential(
+        *(ResidualBlock3d(in_channels if i == 0 else out_channels, out_channels) for i in range(blocks))
+    )
+
+
+@dataclass(frozen=True)
+class ResUNetConfig:
+    """Architecture of :class:`ResUNet3d`; stored in each model's card."""
+
+    in_channels: int = 1
+    classes: int = 2
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128)
+    encoder_blocks: tuple[int, ...] = (2, 2, 3, 3)
+    decoder_blocks: tuple[int, ...] = (3, 3, 2, 2)
+
+    def __post_init__(self) -> None:
+        for key in ("widths", "encoder_blocks", "decoder_blocks"):
+            object.__setattr__(self, key, tuple(int(v) for v in getattr(self, key)))
+        levels = len(self.widths) - 1
+        if levels < 1 or len(self.encoder_blocks) != levels or len(self.decoder_blocks) != levels:
+            raise ValueError(
+                f"{len(self.widths)} widths need {len(self.widths) - 1} encoder and decoder block counts, "
+                f"got {self.encoder_blocks} and {self.decoder_blocks}"
+            )
+
+    @property
+    def divisor(self) -> int:
+        """Every input side must be a multiple of this (2 to the number of poolings)."""
+        return 2 ** (len(self.widths) - 1)
+
+    def to_dict(self) -> dict:
+        return {"type": "ResUNet3d", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ResUNetConfig:
+        values = {k: v for k, v in data.items() if k != "type"}
+        if data.get("type", "ResUNet3d") != "ResUNet3d":
+            raise ValueError(f"unknown architecture {data.get('type')!r}")
+        return cls(**values)
+
+
+#: A small configuration for tests and quick CPU runs (four times narrower, three levels).
+TINY = ResUNetConfig(widths=(4, 8, 16), encoder_blocks=(1, 1), decoder_blocks=(1, 1))
+
+
+class ResUNet3d(nn.Module):
+    """The paper's 3D residual U-Net; returns logits ``(N, classes, D, H, W)``."""
+
+    def __init__(self, config: ResUNetConfig = ResUNetConfig()) -> None:
+        super().__init__()
+        self.config = config
+        widths = config.widths
+        self.stem = nn.Sequential(
+            nn.Conv3d(config.in_channels, widths[0], 3, padding=1, bias=False),
+            _norm(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(widths[0], widths[0], 3, padding=1, bias=False),
+            _norm(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        self.pool = nn.MaxPool3d(2)
+        self.encoder = nn.ModuleList(
+            _stack(widths[i], widths[i + 1], blocks) for i, blocks in enumerate(config.encoder_blocks)
+        )
+        self.upsample = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        for level, blocks in zip(range(len(widths) - 2, -1, -1), config.decoder_blocks):
+            self.upsample.append(
+                nn.Sequential(
+                    nn.ConvTranspose3d(widths[level + 1], widths[level], 2, stride=2, bias=False),
+                    _norm(widths[level]),
+                    nn.ReLU(inplace=True),
+                )
+            )
+            self.decoder.append(_stack(2 * widths[level], widths[level], blocks))
+        self.head = nn.Sequential(
+            nn.Conv3d(widths[0], widths[0], 1, bias=False),
+            _norm(widths[0]),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(widths[0], config.classes, 1),
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights (as in the paper), zero biases, unit norms."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+                nn.init.kaiming_uniform_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.InstanceNorm3d) and module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        divisor = self.config.divisor
+        if any(side % divisor for side in x.shape[2:]):
+            raise ValueError(f"input sides {tuple(x.shape[2:])} must be multiples of {divisor}")
+        skips = [self.stem(x)]
+        for stage in self.encoder:
+            skips.append(stage(self.pool(skips[-1])))
+        x = skips.pop()
+        for upsample, stage in zip(self.upsample, self.decoder):
+            x = stage(torch.cat([upsample(x), skips.pop()], dim=1))
+        return self.head(x)
+
+
+def round_up(size: Sequence[int], divisor: int) -> tuple[int, ...]:
+    """Each side rounded up to a multiple of ``divisor``."""
+    return tuple(-(-int(s) // divisor) * divisor for s in size)

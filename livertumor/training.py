@@ -1,0 +1,502 @@
+"""Training by the three-stage curriculum and the schemas it is compared with.
+
+Schemas (Li et al., Sec. III-B): ``three-stage`` (whole volumes -> tumour patches -> whole volumes),
+``whole-to-patch``, ``patch-to-whole``, ``naive`` (whole volumes only) and ``cascade`` (a liver
+network, then a tumour network trained on the liver's box). Adam at 1e-3, multiplied by 0.1 at each new
+stage; the weighted Dice loss; validation with ``livertumor.metrics`` after every epoch; best and last
+checkpoints. A checkpoint is one safetensors file (weights, Adam's moments, progress) replaced
+atomically at the end of each epoch; since every sample is drawn from ``(seed, stage, epoch, index)``, a
+run killed at any moment and resumed ends with the same weights as one never interrupted.
+
+Distributed: under ``torchrun`` the run uses DistributedDataParallel (gloo on CPU, nccl on GPU); each
+rank draws its share of each epoch's samples, rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Subset
+
+from .data import Augmentation, CurriculumSamples, PreparedCase, Task, prepare_case, require_tumour, tumour_patch_size
+from .datasets import Case
+from .errors import LiverTumorError
+from .inference import resolve_device, sliding_window
+from .io import atomic_path
+from .losses import weighted_dice_loss
+from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, metrics_from_stats
+from .models import ModelCard, save_model
+from .networks import ResUNet3d, ResUNetConfig
+from .preprocess import PreprocessConfig
+
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "three-stage": ("whole", "patch", "whole"),
+    "whole-to-patch": ("whole", "patch"),
+    "patch-to-whole": ("patch", "whole"),
+    "naive": ("whole",),
+    "cascade": ("whole",),  # run once for the liver network, once for the tumour network
+}
+
+Event = Callable[[dict], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in the model's card)."""
+
+    schema: str = "three-stage"
+    architecture: ResUNetConfig = field(default_factory=ResUNetConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    stage_epochs: tuple[int, ...] | None = None  # None: `epochs` split evenly over the schema's stages
+    epochs: int = 30
+    iterations_per_epoch: int = 50
+    whole_batch: int = 1
+    patch_batch: int = 2
+    learning_rate: float = 1e-3
+    stage_decay: float = 0.1
+    positive_fraction: float = 0.5
+    loss_eps: float = 1.0
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    validation_overlap: float = 0.25
+    liver_margin_mm: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.schema not in SCHEMAS:
+            raise LiverTumorError(f"unknown schema {self.schema!r}; choose one of {', '.join(SCHEMAS)}")
+
+    def stage_plan(self) -> list[tuple[str, int, float]]:
+        """``(kind, epochs, learning rate)`` per stage."""
+        kinds = SCHEMAS[self.schema]
+        epochs = self.stage_epochs or _split(self.epochs, len(kinds))
+        if len(epochs) != len(kinds):
+            raise LiverTumorError(f"schema {self.schema} has {len(kinds)} stages, got {len(epochs)} stage lengths")
+        return [(k, int(e), self.learning_rate * self.stage_decay**i) for i, (k, e) in enumerate(zip(kinds, epochs))]
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["architecture"] = self.architecture.to_dict()
+        data["preprocess"] = self.preprocess.to_dict()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        values = dict(data)
+        if "architecture" in values:
+            values["architecture"] = ResUNetConfig.from_dict(values["architecture"])
+        if "preprocess" in values:
+            values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])
+        if "augmentation" in values:
+            augmentation = dict(values["augmentation"])
+            augmentation = {k: tuple(v) if isinstance(v, list) else v for k, v in augmentation.items()}
+            values["augmentation"] = Augmentation(**augmentation)
+        if values.get("stage_epochs") is not None:
+            values["stage_epochs"] = tuple(values["stage_epochs"])
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise LiverTumorError(f"unknown training settings {sorted(unknown)}")
+        return cls(**values)
+
+
+def _split(total: int, parts: int) -> tuple[int, ...]:
+    base = total // parts
+    return tuple(base + (1 if i < total - base * parts else 0) for i in range(parts))
+
+
+@dataclass
+class _Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_distributed(device: torch.device) -> _Distributed:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return _Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def _checkpoint_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors
+
+
+def save_checkpoint(path: Path, model, optimizer, progress: dict) -> None:
+    """One file, replaced atomically: weights, Adam's state and ``progress`` (JSON in the metadata)."""
+    groups = optimizer.state_dict()["param_groups"]
+    metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(groups)}
+    with atomic_path(path) as temporary:
+        save_file(_checkpoint_tensors(model, optimizer), str(temporary), metadata=metadata)
+
+
+def load_checkpoint(path: Path, model, optimizer) -> dict:
+    """Restore weights and optimizer from :func:`save_checkpoint`; returns the progress dict."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    return json.loads(metadata["progress"])
+
+
+@dataclass
+class TrainResult:
+    """Where the run left its model and what it measured."""
+
+    model_dir: Path | None
+    history: list[dict]
+    validation: dict
+
+
+class Trainer:
+    """Runs one schema for one network role (``tumour`` or ``liver``) in ``work_dir``."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        train_cases: Sequence[PreparedCase],
+        validation_cases: Sequence[PreparedCase],
+        work_dir: Path,
+        task: Task = "tumour",
+        initial_weights: dict[str, torch.Tensor] | None = None,
+        on_event: Event | None = None,
+    ) -> None:
+        self.config, self.task, self.work_dir = config, task, Path(work_dir)
+        self.train_cases, self.validation_cases = list(train_cases), list(validation_cases)
+        self.device = resolve_device(config.device)
+        self.distributed = _start_distributed(self.device)
+        self.on_event = on_event or (lambda event: None)
+        torch.manual_seed(config.seed)
+        self.model = ResUNet3d(config.architecture)
+        if initial_weights is not None:
+            self.model.load_state_dict(initial_weights)
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.last_path = self.work_dir / f"{task}-last.safetensors"
+        self.best_path = self.work_dir / f"{task}-best.safetensors"
+        self.log_path = self.work_dir / f"{task}-log.csv"
+        self.block = config.preprocess.block
+        self.patch = tumour_patch_size(self.train_cases, config.architecture.divisor, self.block)
+
+    def _emit(self, **event) -> None:
+        if self.distributed.main:
+            self.on_event({"task": self.task, **event})
+
+    def _network(self) -> torch.nn.Module:
+        if self.distributed.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.index else None)
+        return self.model
+
+    def _loader(self, stage: int, kind: str) -> tuple[CurriculumSamples, DataLoader]:
+        config = self.config
+        batch = config.whole_batch if kind == "whole" else config.patch_batch
+        samples = config.iterations_per_epoch * batch
+        per_rank = math.ceil(samples / self.distributed.world)
+        dataset = CurriculumSamples(
+            self.train_cases,
+            kind,
+            self.block if kind == "whole" else self.patch,
+            config.preprocess.stride,
+            per_rank * self.distributed.world,
+            config.seed,
+            stage,
+            self.task,
+            config.positive_fraction,
+            config.augmentation,
+        )
+        shard = Subset(dataset, range(self.distributed.rank, len(dataset), self.distributed.world))
+        loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=config.workers, drop_last=False)
+        return dataset, loader
+
+    def run(self) -> list[dict]:
+        """Train every stage, resuming from the last checkpoint if one exists. Returns the epoch log."""
+        plan = self.config.stage_plan()
+        progress = {"stage": 0, "epoch": 0, "best": -1.0, "history": []}
+        if self.last_path.exists():
+            progress = load_checkpoint(self.last_path, self.model, self.optimizer)
+            self._emit(event="resumed", stage=progress["stage"], epoch=progress["epoch"])
+        network = self._network()
+        total_epochs = sum(epochs for _, epochs, _ in plan)
+        for stage, (kind, epochs, learning_rate) in enumerate(plan):
+            if stage < progress["stage"]:
+                continue
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
+            dataset, loader = self._loader(stage, kind)
+            for epoch in range(progress["epoch"], epochs):
+                started = time.perf_counter()
+                dataset.set_epoch(epoch)
+                network.train()
+                losses = []
+                for iteration, (image, target) in enumerate(loader):
+                    image, target = image.to(self.device), target.to(self.device)
+                    loss = weighted_dice_loss(network(image), target, self.config.loss_eps)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                    losses.append(float(loss.detach()))
+                    self._emit(
+                        event="iteration",
+                        stage=stage,
+                        kind=kind,
+                        epoch=epoch,
+                        iteration=iteration + 1,
+                        iterations=len(loader),
+                        loss=losses[-1],
+                    )
+                validation = self.validate() if self.distributed.main else {}
+                row = {
+                    "stage": stage + 1,
+                    "kind": kind,
+                    "epoch": epoch + 1,
+                    "lr": learning_rate,
+                    "loss": float(np.mean(losses)) if losses else float("nan"),
+                    "seconds": round(time.perf_counter() - started, 2),
+                    **validation,
+                }
+                progress["history"].append(row)
+                progress["stage"], progress["epoch"] = (stage, epoch + 1) if epoch + 1 < epochs else (stage + 1, 0)
+                score = validation.get("dg")
+                if self.distributed.main:
+                    if score is not None and score > progress["best"]:
+                        progress["best"] = score
+                        save_checkpoint(self.best_path, self.model, self.optimizer, progress)
+                    save_checkpoint(self.last_path, self.model, self.optimizer, progress)
+                    self._write_log(progress["history"])
+                self._emit(event="epoch", done=len(progress["history"]), total=total_epochs, **row)
+            progress["epoch"] = 0
+        if self.distributed.world > 1:
+            dist.barrier()
+        return progress["history"]
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Whole-volume sliding-window inference on the validation cases, on the network's grid."""
+        if not self.validation_cases:
+            return {}
+        stats, rows, small_found, small_total = [], [], 0, 0
+        for case in self.validation_cases:
+            probabilities = sliding_window(
+                self.model,
+                case.image,
+                self.block,
+                self.config.architecture.divisor,
+                self.config.validation_overlap,
+                1,
+                self.device,
+            )
+            prediction, truth = probabilities.argmax(0) == 1, case.target(self.task).astype(bool)
+            spacing = case.grid.spacing_zyx
+            stats.append(mask_stats(prediction, truth, spacing))
+            rows.append(metrics_from_stats(stats[-1]))
+            report = lesion_detection(prediction, truth, spacing).summary()
+            small_total += report["lesions_<10mm"]
+            small_found += round((report["recall_<10mm"] or 0) * report["lesions_<10mm"])
+        self.model.train()
+        means = mean_metrics(rows)
+        return {
+            "dc": means["dc"],
+            "dg": dice_global(stats),
+            "voe": means["voe"],
+            "rvd": means["rvd"],
+            "assd": means["assd"],
+            "msd": means["msd"],
+            "rmsd": means["rmsd"],
+            "small_recall": small_found / small_total if small_total else None,
+        }
+
+    def _write_log(self, history: list[dict]) -> None:
+        columns = list(dict.fromkeys(key for row in history for key in row))
+        with atomic_path(self.log_path) as temporary, open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, columns)
+            writer.writeheader()
+            writer.writerows(history)
+
+    def best_weights(self) -> dict[str, torch.Tensor]:
+        """The best validated weights (the last ones when there was no validation)."""
+        path = self.best_path if self.best_path.exists() else self.last_path
+        tensors = load_file(str(path))
+        return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+def plot_history(history: list[dict], folder: Path, title: str) -> list[Path]:
+    """Loss and validation Dice per epoch, stages shaded: ``loss.png`` and ``dice.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, label in (("loss", "training loss (weighted Dice)"), ("dg", "validation Dice global")):
+        values = [row.get(key) for row in history]
+        if all(v is None for v in values):
+            continue
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        epochs = np.arange(1, len(history) + 1)
+        axis.plot(epochs, [np.nan if v is None else v for v in values], marker="o")
+        for stage in sorted({row["stage"] for row in history}):
+            inside = [e for e, row in zip(epochs, history) if row["stage"] == stage]
+            axis.axvspan(min(inside) - 0.5, max(inside) + 0.5, alpha=0.08 * stage, color="tab:blue")
+            kind = next(row["kind"] for row in history if row["stage"] == stage)
+            axis.text(
+                (min(inside) + max(inside)) / 2,
+                axis.get_ylim()[1],
+                f"stage {stage}: {kind}",
+                ha="center",
+                va="top",
+                fontsize=8,
+            )
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.set_title(title)
+        figure.tight_layout()
+        path = folder / f"{'loss' if key == 'loss' else 'dice'}.png"
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, format="png")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _liver_crop(case: PreparedCase, margin_mm: float) -> PreparedCase:
+    """The case cropped to its true liver's box plus a margin: the cascade tumour network's input."""
+    liver = case.label >= 1
+    if not liver.any():
+        return case
+    margin = np.ceil(margin_mm / np.asarray(case.grid.spacing_zyx)).astype(int)
+    coordinates = np.argwhere(liver)
+    low = np.maximum(coordinates.min(0) - margin, 0)
+    high = np.minimum(coordinates.max(0) + 1 + margin, liver.shape)
+    window = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    return PreparedCase(case.name, case.image[window], case.label[window], case.grid.crop(tuple(low), tuple(high)))
+
+
+def train_model(
+    train: Sequence[Case],
+    validation: Sequence[Case],
+    config: TrainConfig,
+    out: str | os.PathLike,
+    name: str = "curriculum",
+    version: str = "1",
+    work_dir: str | os.PathLike | None = None,
+    initial: dict[str, dict[str, torch.Tensor]] | None = None,
+    parent: str | None = None,
+    on_event: Event | None = None,
+) -> TrainResult:
+    """Prepare the cases, train every network of the schema, save the model folder ``out``.
+
+    ``work_dir`` holds checkpoints and logs (default ``out`` + ``.work``); running again with the same
+    ``work_dir`` resumes. ``initial`` maps network roles to starting weights (fine-tuning).
+    """
+    out = Path(out)
+    if out.exists():
+        from .models import ModelExistsError
+
+        raise ModelExistsError(f"{out} exists; models are never overwritten: choose a new --out")
+    work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    emit = on_event or (lambda event: None)
+    emit({"event": "preparing", "cases": len(train) + len(validation)})
+    train_prepared = [prepare_case(case, config.preprocess) for case in train]
+    validation_prepared = [prepare_case(case, config.preprocess) for case in validation]
+    require_tumour(train_prepared)
+    roles: list[tuple[str, Task]] = (
+        [("liver", "liver"), ("tumour", "tumour")] if config.schema == "cascade" else [("tumour", "tumour")]
+    )
+    histories, weights, validation_metrics, distributed = {}, {}, {}, _Distributed()
+    for role, task in roles:
+        cases_train, cases_validation = train_prepared, validation_prepared
+        if config.schema == "cascade" and role == "tumour":
+            cases_train = [_liver_crop(c, config.liver_margin_mm) for c in train_prepared]
+            cases_validation = [_liver_crop(c, config.liver_margin_mm) for c in validation_prepared]
+        trainer = Trainer(
+            config,
+            cases_train,
+            cases_validation,
+            work,
+            task,
+            (initial or {}).get(role),
+            on_event,
+        )
+        distributed = trainer.distributed
+        histories[role] = trainer.run()
+        weights[role] = trainer.best_weights()
+        scored = [row for row in histories[role] if row.get("dg") is not None]
+        validation_metrics[role] = max(scored, key=lambda row: row["dg"]) if scored else {}
+    if not distributed.main:
+        return TrainResult(None, histories.get("tumour", []), validation_metrics.get("tumour", {}))
+    networks = {}
+    for role, state in weights.items():
+        network = ResUNet3d(config.architecture)
+        network.load_state_dict(state)
+        networks[role] = network
+    card = ModelCard(
+        name=name,
+        version=version,
+        architecture=config.architecture,
+        preprocess=config.preprocess,
+        schema=config.schema,
+        stages=[{"kind": k, "epochs": e, "learning_rate": lr} for k, e, lr in config.stage_plan()],
+        liver_margin_mm=config.liver_margin_mm,
+        training_data={
+            "train_cases": [c.name for c in train],
+            "validation_cases": [c.name for c in validation],
+            "tumour_patch_size": list(
+                tumour_patch_size(train_prepared, config.architecture.divisor, config.preprocess.block)
+            ),
+            "settings": config.to_json(),
+        },
+        validation=validation_metrics.get("tumour", {}),
+        parent=parent,
+    )
+    save_model(out, networks, card)
+    for role, history in histories.items():
+        plot_history(history, work, f"{name} {version}: {role} network ({config.schema})")
+    emit({"event": "saved", "model": str(out), "validation": card.validation})
+    return TrainResult(out, histories.get("tumour", []), card.validation)
+
+
+def split_cases(cases: Sequence[Case], validation_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """A seeded split by case (patient); at least one validation case when there are three or more."""
+    order = np.random.default_rng(seed).permutation(len(cases))
+    count = round(len(cases) * validation_fraction)
+    if validation_fraction > 0 and len(cases) >= 3:
+        count = max(count, 1)
+    validation = sorted(order[:count].tolist())
+    return [c for i, c in enumerate(cases) if i not in validation], [cases[i] for i in validation]
+
+
+def config_with(config: TrainConfig, **changes) -> TrainConfig:
+    """A copy of ``config`` with ``changes`` (None values ignored)."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
