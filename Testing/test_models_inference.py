@@ -138,8 +138,9 @@ def test_segment_refuses_bad_input(tiny_model):
     with pytest.raises(NotCTError, match="not a CT"):
         segment(mr, model=tiny_model, device="cpu")
     with pytest.raises(DimensionError):
-        from livertumor.io import from_sitk
         import SimpleITK as sitk
+
+        from livertumor.io import from_sitk
 
         segment(from_sitk(sitk.Image(8, 8, sitk.sitkInt16)), model=tiny_model)
 
