@@ -1,0 +1,149 @@
+"""The training, fine-tuning, segmentation and demo commands as a user runs them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+from conftest import TINY_SETTINGS
+from test_cli import run
+
+from livertumor.io import read_ct, read_label, write_volume
+from livertumor.models import read_card
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_train_command_writes_model_log_and_plots(tiny_data, tmp_path):
+    (tmp_path / "settings.json").write_text(json.dumps(TINY_SETTINGS))
+    result = run(
+        "train",
+        "--data",
+        tiny_data,
+        "--schema",
+        "whole-to-patch",
+        "--config",
+        tmp_path / "settings.json",
+        "--stage-epochs",
+        1,
+        1,
+        "--out",
+        tmp_path / "model",
+        "--progress",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {e["event"] for e in events} >= {"preparing", "iteration", "epoch", "saved"}
+    card = read_card(tmp_path / "model")
+    assert card.schema == "whole-to-patch" and [s["kind"] for s in card.stages] == ["whole", "patch"]
+    work = tmp_path / "model.work"
+    assert (work / "tumour-log.csv").read_text().count("\n") == 3  # header + one row per epoch
+    assert (work / "loss.png").exists() and (work / "dice.png").exists()
+    again = run("train", "--data", tiny_data, "--config", tmp_path / "settings.json", "--out", tmp_path / "model")
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+
+
+def test_train_refuses_data_without_tumour(tiny_data, tmp_path):
+    data = tmp_path / "no-tumour"
+    data.mkdir()
+    for name in ("volume-4.nii", "segmentation-4.nii"):
+        shutil.copy(tiny_data / name, data / name)
+    (tmp_path / "settings.json").write_text(json.dumps(TINY_SETTINGS))
+    result = run("train", "--data", data, "--config", tmp_path / "settings.json", "--out", tmp_path / "m")
+    assert result.returncode == 2 and "holds no tumour" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_finetune_makes_a_new_version_and_leaves_the_parent_alone(tiny_model, tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    before = digest(tiny_model)
+    result = run(
+        "finetune", "--model", tiny_model, "--data", tiny_data, "--epochs", 3, "--iterations", 1, "--progress", "none"
+    )
+    assert result.returncode == 0, result.stderr
+    assert digest(tiny_model) == before
+    new = tmp_path / "home" / "models" / "tiny-1.1"
+    card = read_card(new)
+    assert card.version == "1.1" and card.parent == "tiny:1"
+    assert card.architecture == read_card(tiny_model).architecture  # from the parent's card, not re-typed
+    assert [s["kind"] for s in card.stages] == ["whole", "patch", "whole"]
+
+
+def test_finetune_lists_every_problem_of_the_cases(tiny_model, tiny_data, tmp_path):
+    data = tmp_path / "bad"
+    data.mkdir()
+    shutil.copy(tiny_data / "volume-4.nii", data / "volume-4.nii")  # lesion-free case
+    shutil.copy(tiny_data / "segmentation-4.nii", data / "segmentation-4.nii")
+    ct = read_ct(tiny_data / "volume-0.nii")
+    write_volume(ct, data / "volume-0.nii")
+    label = read_label(tiny_data / "segmentation-0.nii")
+    write_volume(label.crop((0, 0, 0), (label.shape[0] - 1, *label.shape[1:])), data / "segmentation-0.nii")
+    result = run("finetune", "--model", tiny_model, "--data", data, "--out", tmp_path / "new")
+    assert result.returncode == 2
+    assert "case-0: the label map" in result.stderr and "not on the same voxel grid" in result.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_segment_command_on_dicom_and_files(real_data, tiny_model, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "segment",
+        real_data / "totalsegmentator/example_ct_dicom",
+        real_data / "totalsegmentator",
+        "-o",
+        out,
+        "--model",
+        tiny_model,
+        "--device",
+        "cpu",
+        "--probabilities",
+        "--progress",
+        "json",
+    )
+    assert result.returncode == 0, result.stderr
+    written = [json.loads(line) for line in result.stdout.splitlines() if '"written"' in line]
+    assert len(written) == 2
+    labels = read_label(out / "example_ct_dicom_seg.nii.gz")
+    assert labels.grid.same_as(read_ct(real_data / "totalsegmentator/example_ct_dicom").grid)
+    nifti = read_ct(real_data / "totalsegmentator/example_ct.nii.gz")
+    assert read_label(out / "example_ct_seg.nii.gz").grid.same_as(nifti.grid)
+    assert (out / "example_ct_tumour_probability.nii.gz").exists()
+    again = run("segment", real_data / "totalsegmentator/example_ct.nii.gz", "-o", out, "--model", tiny_model)
+    assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
+
+
+def test_segment_reports_unavailable_device_and_bad_model(real_data, tiny_model, tmp_path):
+    import torch
+
+    ct = real_data / "totalsegmentator/example_ct.nii.gz"
+    if not torch.cuda.is_available():
+        result = run("segment", ct, "-o", tmp_path, "--model", tiny_model, "--device", "cuda")
+        assert result.returncode == 2 and "sees no CUDA GPU" in result.stderr
+    broken = shutil.copytree(tiny_model, tmp_path / "broken")
+    (broken / "tumour.safetensors").write_bytes((broken / "tumour.safetensors").read_bytes()[:100])
+    result = run("segment", ct, "-o", tmp_path / "o", "--model", broken)
+    assert result.returncode == 2 and "fails its checksum" in result.stderr
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_demo_writes_overlay_and_metrics(tiny_model, tmp_path):
+    result = run("demo", "--out", tmp_path / "demo", "--model", tiny_model, "--device", "cpu", "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    assert "Dice global (DG)" in result.stdout
+    metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
+    assert set(metrics["aggregate"]) >= {"dc", "dg", "recall"}
+    assert (tmp_path / "demo" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    truth = read_label(tmp_path / "demo" / "truth.nii.gz")
+    assert read_label(tmp_path / "demo" / "prediction.nii.gz").grid.same_as(truth.grid)
+    assert np.any(truth.array == 2)
+
+
+def test_models_command_lists_registry(tiny_model, tmp_path):
+    result = run("models", "--json")
+    assert result.returncode == 0
+    assert isinstance(json.loads(result.stdout), list)
