@@ -95,3 +95,10 @@ def test_each_volume_of_a_batch_gets_its_own_weights():
     batch = weighted_dice_loss(logits, target)
     single = [weighted_dice_loss(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
     assert batch.item() == pytest.approx(sum(s.item() for s in single) / 2)
+
+
+def test_head_starts_at_the_foreground_prior_or_zero():
+    prior = ResUNet3d(ResUNetConfig(widths=(4, 8), encoder_blocks=(1,), decoder_blocks=(1,), foreground_prior=0.05))
+    assert torch.softmax(prior.head[-1].bias, 0)[1].item() == pytest.approx(0.05)
+    plain = ResUNet3d(ResUNetConfig(widths=(4, 8), encoder_blocks=(1,), decoder_blocks=(1,), foreground_prior=None))
+    assert torch.equal(plain.head[-1].bias, torch.zeros(2))
