@@ -9,18 +9,16 @@ import numpy as np
 
 from .evaluation import Evaluation
 from .inference import segment
-from .io import atomic_path, write_json, write_volume
+from .io import write_json, write_volume
 from .metrics import evaluate_pair
 from .phantom import make_phantom
+from .plotting import pyplot, save_figure
 
 
 def overlay_png(ct: np.ndarray, truth: np.ndarray, prediction: np.ndarray, spacing_zyx, path: Path, title: str) -> int:
     """Axial slice with the most true tumour: CT (window 40/400), truth outline green, prediction red.
     Returns the slice index."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     counts = (truth > 0).reshape(truth.shape[0], -1).sum(1)
     index = int(np.argmax(counts)) if counts.any() else truth.shape[0] // 2
@@ -32,9 +30,7 @@ def overlay_png(ct: np.ndarray, truth: np.ndarray, prediction: np.ndarray, spaci
     axis.set_title(f"{title}\nslice {index}: truth green, prediction red", fontsize=9)
     axis.axis("off")
     figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, path)
     return index
 
 

@@ -14,8 +14,9 @@ import numpy as np
 
 from .datasets import LABEL_SUFFIXES
 from .errors import DatasetError, MissingPairError
-from .io import atomic_path, read_image, volume_stem, volume_suffix
+from .io import read_image, volume_stem, volume_suffix
 from .metrics import LARGE, METRIC_KEYS, CaseResult, dice_global, evaluate_pair, mean_metrics
+from .plotting import pyplot, save_figure
 
 _LITS_KEY = re.compile(r"^(?:volume|segmentation)-(\d+)$")
 _PRED_SUFFIXES = ("_pred", "_prediction", *LABEL_SUFFIXES)
@@ -120,10 +121,7 @@ class Evaluation:
 
     def plot(self, folder: str | os.PathLike) -> list[Path]:
         """One PNG box plot per metric in ``folder``; returns the files written."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -136,9 +134,7 @@ class Evaluation:
             axis.set_xticks([])
             figure.tight_layout()
             path = folder / f"{key}.png"
-            with atomic_path(path) as temporary:
-                figure.savefig(temporary, format="png")
-            plt.close(figure)
+            save_figure(figure, path)
             written.append(path)
         return written
 

@@ -38,6 +38,7 @@ from .losses import weighted_dice_loss
 from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, metrics_from_stats
 from .models import ModelCard, save_model
 from .networks import ResUNet3d, ResUNetConfig
+from .plotting import pyplot, save_figure
 from .preprocess import PreprocessConfig
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
@@ -353,10 +354,7 @@ class Trainer:
 
 def plot_history(history: list[dict], folder: Path, title: str) -> list[Path]:
     """Loss and validation Dice per epoch, stages shaded: ``loss.png`` and ``dice.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     written = []
     for key, label in (("loss", "training loss (weighted Dice)"), ("dg", "validation Dice global")):
@@ -383,9 +381,7 @@ def plot_history(history: list[dict], folder: Path, title: str) -> list[Path]:
         axis.set_title(title)
         figure.tight_layout()
         path = folder / f"{'loss' if key == 'loss' else 'dice'}.png"
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png")
-        plt.close(figure)
+        save_figure(figure, path)
         written.append(path)
     return written
 
