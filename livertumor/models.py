@@ -164,9 +164,45 @@ def read_card(directory: str | os.PathLike) -> ModelCard:
     return ModelCard.from_json(data, str(path))
 
 
+MANIFEST_NAME = "manifest.json"
+
+
+def write_manifest(folder: str | os.PathLike) -> Path:
+    """Record the sha256 of every model card in ``folder`` (the shipped models) in ``manifest.json``."""
+    from .io import write_json
+
+    folder = Path(folder)
+    entries = []
+    for card_path in sorted(folder.glob(f"*/{CARD_NAME}")):
+        card = read_card(card_path.parent)
+        entries.append(
+            {
+                "folder": card_path.parent.name,
+                "name": card.name,
+                "version": card.version,
+                "card_sha256": sha256_of(card_path),
+            }
+        )
+    path = folder / MANIFEST_NAME
+    write_json(path, {"format": MODEL_FORMAT, "models": entries})
+    return path
+
+
+def _check_manifest(directory: Path) -> None:
+    """A shipped model's card must match the manifest (the card in turn pins the weights)."""
+    manifest = directory.parent / MANIFEST_NAME
+    if directory.parent.resolve() != shipped_models_dir().resolve() or not manifest.is_file():
+        return
+    listed = {entry["folder"]: entry["card_sha256"] for entry in json.loads(manifest.read_text())["models"]}
+    expected = listed.get(directory.name)
+    if expected is not None and sha256_of(directory / CARD_NAME) != expected:
+        raise ModelChecksumError(f"{directory / CARD_NAME} differs from the shipped manifest {manifest}")
+
+
 def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a model by registry name, folder or None (the default model), verifying every checksum."""
     directory = resolve_model(model)
+    _check_manifest(directory)
     card = read_card(directory)
     networks = {}
     for role, entry in card.weights.items():
