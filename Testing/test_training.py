@@ -201,3 +201,31 @@ def test_data_without_tumour_is_refused(tiny_data, tmp_path):
     with pytest.raises(DatasetError, match="holds no tumour"):
         train_model(lesion_free, [], TrainConfig.from_json(TINY_SETTINGS), tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_whole_samples_keep_the_liver_in_view_for_their_region_share(prepared):
+    from livertumor.preprocess import extract_block
+
+    case = prepared[0]
+    labelled = np.argwhere(case.label > 0)
+    low, high = labelled.min(0), labelled.max(0)
+    size = (8, 16, 16)
+    plain = Augmentation(enabled=False)
+
+    def sampled_starts(fraction):
+        samples = CurriculumSamples(
+            [case], "whole", size, (2, 4, 4), 30, 0, 0, augmentation=plain, region_fraction=fraction
+        )
+        blocks = {start: extract_block(case.image, start, size) for start in samples.all_starts[0]}
+        found = []
+        for index in range(30):
+            image = samples[index][0][0].numpy()
+            found.append(next(start for start, block in blocks.items() if np.array_equal(block, image)))
+        return samples, found
+
+    samples, found = sampled_starts(1.0)
+    centre = np.asarray(size) // 2
+    assert all(np.all(np.asarray(s) + centre >= low) and np.all(np.asarray(s) + centre <= high) for s in found)
+    assert set(found) <= set(samples.region_starts[0]) < set(samples.all_starts[0])
+    _, anywhere = sampled_starts(0.0)
+    assert not set(anywhere) <= set(samples.region_starts[0])

@@ -151,13 +151,16 @@ class CurriculumSamples(Dataset):
         task: Task = "tumour",
         positive_fraction: float = 0.5,
         augmentation: Augmentation = Augmentation(),
+        region_fraction: float = 0.5,
     ) -> None:
         self.cases, self.kind, self.size, self.stride = list(cases), kind, tuple(size), tuple(stride)
         self.length, self.seed, self.stage, self.task = int(length), int(seed), int(stage), task
         self.positive_fraction, self.augmentation = positive_fraction, augmentation
+        self.region_fraction = region_fraction
         self.epoch = 0
         self.targets = [case.target(task) for case in self.cases]
-        self.starts = [self._effective_starts(case) for case in self.cases]
+        self.all_starts = [sub_image_starts(case.image.shape, self.size, self.stride) for case in self.cases]
+        self.region_starts = [self._region_starts(case, starts) for case, starts in zip(self.cases, self.all_starts)]
         structure = np.ones((3, 3, 3), bool)
         self.tumours = []
         for target in self.targets:
@@ -167,14 +170,14 @@ class CurriculumSamples(Dataset):
         if kind == "patch" and not self.positive_cases:
             raise DatasetError("tumour patches need at least one case with a tumour")
 
-    def _effective_starts(self, case: PreparedCase) -> list[tuple[int, int, int]]:
-        """Sub-image starts whose block centre lies in the labelled region's box.
+    def _region_starts(self, case: PreparedCase, starts: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """The sub-image starts whose block centre lies in the labelled region's box.
 
-        The paper's effective range keeps the slices holding labels; its 64x256x256 sub-images span a
-        whole slice, so every one of them shows liver. Smaller blocks (CPU configurations) get the same
-        guarantee from this 3D version of the rule; for full-slice blocks it changes nothing.
+        The paper's 64x256x256 sub-images span whole slices of the effective range, so each shows liver.
+        Small CPU blocks mostly miss it; a share (``region_fraction``) of whole-volume samples is drawn
+        from these starts to keep liver in view, the rest from anywhere, so the network still sees the
+        spleen, kidneys and bowel it must not call tumour.
         """
-        starts = sub_image_starts(case.image.shape, self.size, self.stride)
         labelled = np.argwhere(case.label > 0)
         if labelled.size == 0:
             return starts
@@ -193,7 +196,8 @@ class CurriculumSamples(Dataset):
         rng = np.random.default_rng([self.seed, self.stage, self.epoch, int(index)])
         if self.kind == "whole":
             case = int(rng.integers(len(self.cases)))
-            start = self.starts[case][int(rng.integers(len(self.starts[case])))]
+            starts = self.region_starts[case] if rng.random() < self.region_fraction else self.all_starts[case]
+            start = starts[int(rng.integers(len(starts)))]
         elif rng.random() < self.positive_fraction:
             case = self.positive_cases[int(rng.integers(len(self.positive_cases)))]
             start = self._positive_start(case, rng)

@@ -67,6 +67,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     stage_decay: float = 0.1
     positive_fraction: float = 0.5
+    region_fraction: float = 0.5
     loss_eps: float = 1.0
     augmentation: Augmentation = field(default_factory=Augmentation)
     workers: int = 2
@@ -236,6 +237,7 @@ class Trainer:
             self.task,
             config.positive_fraction,
             config.augmentation,
+            config.region_fraction,
         )
         shard = Subset(dataset, range(self.distributed.rank, len(dataset), self.distributed.world))
         loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=config.workers, drop_last=False)

@@ -1,0 +1,47 @@
+"""The demo model shipped in Resources/Models: registered, verified, honest card, runs on the CT grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from livertumor.inference import segment
+from livertumor.models import (
+    DEFAULT_MODEL,
+    ModelChecksumError,
+    list_models,
+    load_model,
+    shipped_models_dir,
+)
+from livertumor.phantom import make_phantom
+
+
+def test_demo_model_is_registered_and_loads_by_default():
+    shipped = [e for e in list_models() if e.source == "shipped"]
+    assert DEFAULT_MODEL in {e.name for e in shipped}
+    model = load_model(None)
+    card = model.card
+    assert card.name == DEFAULT_MODEL and card.schema == "three-stage"
+    assert "phantom" in card.notes.lower() and "not for" in card.intended_use.lower()
+    assert {"dg", "dc", "small_recall"} <= set(card.validation)
+    assert (shipped_models_dir() / f"{DEFAULT_MODEL}" / "tumour.safetensors").stat().st_size < 8 * 2**20
+
+
+def test_demo_model_segments_onto_the_input_grid():
+    phantom = make_phantom(11, (48, 96, 96), (3.0, 3.0, 3.0), lesion_count=2)
+    result = segment(phantom.ct, device="cpu")
+    assert result.labels.grid == phantom.ct.grid and result.model_name == DEFAULT_MODEL
+
+
+def test_edited_shipped_card_fails_the_manifest(tmp_path, monkeypatch):
+    resources = tmp_path / "Resources"
+    shutil.copytree(shipped_models_dir(), resources / "Models")
+    monkeypatch.setenv("LIVERTUMOR_RESOURCES", str(resources))
+    card_path = resources / "Models" / DEFAULT_MODEL / "card.json"
+    card = json.loads(card_path.read_text())
+    card["validation"]["dg"] = 0.99  # a flattering edit
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(ModelChecksumError, match="differs from the shipped manifest"):
+        load_model(None)
