@@ -229,3 +229,29 @@ def test_whole_samples_keep_the_liver_in_view_for_their_region_share(prepared):
     assert set(found) <= set(samples.region_starts[0]) < set(samples.all_starts[0])
     _, anywhere = sampled_starts(0.0)
     assert not set(anywhere) <= set(samples.region_starts[0])
+
+
+def test_cascade_trains_a_liver_then_a_tumour_network_and_segments(tiny_data, tmp_path):
+    from livertumor.inference import segment
+    from livertumor.io import read_ct
+    from livertumor.models import load_model
+
+    cases = find_cases(tiny_data)
+    config = TrainConfig.from_json({**TINY_SETTINGS, "schema": "cascade", "stage_epochs": [1]})
+    train_model(cases[:3], cases[3:4], config, tmp_path / "cascade")
+    model = load_model(tmp_path / "cascade")
+    assert [role for role, _ in model.cascade_stages()] == ["liver", "tumour"]
+    assert (tmp_path / "cascade.work" / "liver-log.csv").exists()
+    ct = read_ct(tiny_data / "volume-0.nii")
+    result = segment(ct, model=tmp_path / "cascade", device="cpu")
+    assert result.labels.grid == ct.grid and set(np.unique(result.labels.array)) <= {0, 1, 2}
+
+
+def test_mask_box_adds_margin_in_mm_and_clips():
+    from livertumor.preprocess import mask_box
+
+    mask = np.zeros((10, 20, 20), bool)
+    mask[4:6, 5:8, 10:12] = True
+    assert mask_box(mask, (2.0, 1.0, 1.0), 3.0) == (slice(2, 8), slice(2, 11), slice(7, 15))
+    assert mask_box(mask, (1.0, 1.0, 1.0), 50.0) == (slice(0, 10), slice(0, 20), slice(0, 20))
+    assert mask_box(np.zeros((2, 3, 4), bool), (1, 1, 1), 5.0) == (slice(0, 2), slice(0, 3), slice(0, 4))

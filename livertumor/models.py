@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import LiverTumorError
 from .networks import ResUNet3d, ResUNetConfig
-from .preprocess import PreprocessConfig
+from .preprocess import PreprocessConfig, mask_box
 from .volume import Grid
 
 MODEL_FORMAT = "livertumor-model/1"
@@ -143,13 +143,7 @@ class LoadedModel:
     def liver_box(self, liver: np.ndarray, grid: Grid) -> tuple[slice, slice, slice]:
         """Where the cascade's tumour network looks: the predicted liver's box plus the card's margin
         (the whole volume when no liver was found)."""
-        if not liver.any():
-            return tuple(slice(0, n) for n in liver.shape)
-        margin = np.ceil(self.card.liver_margin_mm / np.asarray(grid.spacing_zyx)).astype(int)
-        coordinates = np.argwhere(liver)
-        low = np.maximum(coordinates.min(0) - margin, 0)
-        high = np.minimum(coordinates.max(0) + 1 + margin, liver.shape)
-        return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+        return mask_box(liver, grid.spacing_zyx, self.card.liver_margin_mm)
 
 
 def read_card(directory: str | os.PathLike) -> ModelCard:

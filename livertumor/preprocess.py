@@ -125,6 +125,18 @@ def effective_range(label: np.ndarray, margin: int = 10) -> tuple[int, int]:
     return max(0, int(rows[0]) - margin), min(depth, int(rows[-1]) + 1 + margin)
 
 
+def mask_box(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -> tuple[slice, slice, slice]:
+    """The index box of ``mask``'s voxels widened by ``margin_mm`` (clipped to the array); the whole
+    array when the mask is empty."""
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    margin = np.ceil(margin_mm / np.asarray(spacing_zyx)).astype(int)
+    coordinates = np.argwhere(mask)
+    low = np.maximum(coordinates.min(0) - margin, 0)
+    high = np.minimum(coordinates.max(0) + 1 + margin, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+
+
 def body_box(ct: Volume, threshold: float = -500.0, margin_mm: float = 5.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The index box (``start``, ``stop``, z-y-x) of the patient's body: the largest component above
     ``threshold`` HU (the table and air are dropped), widened by ``margin_mm``.

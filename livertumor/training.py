@@ -39,7 +39,7 @@ from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, me
 from .models import ModelCard, save_model
 from .networks import ResUNet3d, ResUNetConfig
 from .plotting import pyplot, save_figure
-from .preprocess import PreprocessConfig
+from .preprocess import PreprocessConfig, mask_box
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "three-stage": ("whole", "patch", "whole"),
@@ -390,15 +390,9 @@ def plot_history(history: list[dict], folder: Path, title: str) -> list[Path]:
 
 def _liver_crop(case: PreparedCase, margin_mm: float) -> PreparedCase:
     """The case cropped to its true liver's box plus a margin: the cascade tumour network's input."""
-    liver = case.label >= 1
-    if not liver.any():
-        return case
-    margin = np.ceil(margin_mm / np.asarray(case.grid.spacing_zyx)).astype(int)
-    coordinates = np.argwhere(liver)
-    low = np.maximum(coordinates.min(0) - margin, 0)
-    high = np.minimum(coordinates.max(0) + 1 + margin, liver.shape)
-    window = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-    return PreparedCase(case.name, case.image[window], case.label[window], case.grid.crop(tuple(low), tuple(high)))
+    window = mask_box(case.label >= 1, case.grid.spacing_zyx, margin_mm)
+    start, stop = tuple(w.start for w in window), tuple(w.stop for w in window)
+    return PreparedCase(case.name, case.image[window], case.label[window], case.grid.crop(start, stop))
 
 
 def train_model(
