@@ -16,7 +16,8 @@ Whole-mask metrics of a prediction ``P`` against the truth ``G`` (Bilic et al., 
 
 Speed: nothing is computed on the full volume but one scan per mask. Surface voxels are found from the
 mask's voxel list by looking up their 18 neighbours, and distances come from k-d trees of the surface
-points, so the cost follows the size of the masks, not of the CT.
+points (voxels on both surfaces are at 0 and skip the tree), so the cost follows the size of the masks,
+not of the CT.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def _as_mask(array: np.ndarray, label: int | None) -> np.ndarray:
     return mask if mask.dtype == np.bool_ else mask != 0
 
 
-def _surface_coordinates(mask: np.ndarray, voxels: np.ndarray) -> np.ndarray:
-    """``(n, 3)`` indices of the surface voxels of ``mask`` given its flat voxel indices ``voxels``."""
+def _surface_voxels(mask: np.ndarray, voxels: np.ndarray) -> np.ndarray:
+    """Flat indices (sorted) of the surface voxels of ``mask`` given its sorted flat voxel indices."""
     shape = mask.shape
     coordinates = np.stack(np.unravel_index(voxels, shape), axis=1)
     on_border = np.any((coordinates == 0) | (coordinates == np.asarray(shape) - 1), axis=1)
@@ -62,7 +63,17 @@ def _surface_coordinates(mask: np.ndarray, voxels: np.ndarray) -> np.ndarray:
         exposed |= ~flat[interior + offset]
     surface = on_border.copy()
     surface[~on_border] = exposed
-    return coordinates[surface]
+    return voxels[surface]
+
+
+def _directed_distances(source: np.ndarray, target: np.ndarray, target_tree: cKDTree, shape, scale) -> np.ndarray:
+    """Distance (mm) from each surface voxel in ``source`` to the nearest in ``target`` (flat indices).
+    Voxels on both surfaces are at distance 0 and skip the tree."""
+    distances = np.zeros(source.size)
+    elsewhere = ~np.isin(source, target, assume_unique=True)
+    points = np.stack(np.unravel_index(source[elsewhere], shape), axis=1) * scale
+    distances[elsewhere] = target_tree.query(points, workers=-1)[0]
+    return distances
 
 
 @dataclass(frozen=True)
@@ -87,22 +98,25 @@ def mask_stats(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float], la
         raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in shape")
     scale = np.asarray(spacing, dtype=np.float64)
 
-    def one_side(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, cKDTree | None]:
+    def one_side(array: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, cKDTree | None]:
         mask = np.ascontiguousarray(_as_mask(array, label))
         voxels = np.flatnonzero(mask)
         if voxels.size == 0:
-            return mask, voxels, None
-        return mask, voxels, cKDTree(_surface_coordinates(mask, voxels) * scale)
+            return mask, voxels, voxels, None
+        surface = _surface_voxels(mask, voxels)
+        points = np.stack(np.unravel_index(surface, mask.shape), axis=1) * scale
+        return mask, voxels, surface, cKDTree(points, balanced_tree=False, compact_nodes=False)
 
     # numpy and cKDTree release the GIL: the two masks are prepared in parallel threads.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        (_, pred_voxels, pred_tree), (truth_mask, truth_voxels, truth_tree) = pool.map(one_side, (pred, truth))
+        sides = list(pool.map(one_side, (pred, truth)))
+    (_, pred_voxels, pred_surface, pred_tree), (truth_mask, truth_voxels, truth_surface, truth_tree) = sides
     intersection = int(np.count_nonzero(truth_mask.reshape(-1)[pred_voxels]))
     if pred_tree is None or truth_tree is None:
         empty = np.zeros(0)
         return MaskStats(pred_voxels.size, truth_voxels.size, intersection, empty, empty)
-    pred_to_truth = truth_tree.query(pred_tree.data, workers=-1)[0]
-    truth_to_pred = pred_tree.query(truth_tree.data, workers=-1)[0]
+    pred_to_truth = _directed_distances(pred_surface, truth_surface, truth_tree, truth_mask.shape, scale)
+    truth_to_pred = _directed_distances(truth_surface, pred_surface, pred_tree, truth_mask.shape, scale)
     return MaskStats(pred_voxels.size, truth_voxels.size, intersection, pred_to_truth, truth_to_pred)
 
 
