@@ -321,6 +321,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_progress_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="progress bar (default), JSON lines on stdout, or nothing",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX
@@ -414,12 +423,7 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--seed", type=int, help="seed of the split, the weights and the samples")
         command.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
         command.add_argument("--workers", type=int, help="data-loading worker processes (default 2)")
-        command.add_argument(
-            "--progress",
-            choices=("bar", "json", "none"),
-            default="bar",
-            help="progress bar (default), JSON lines on stdout, or nothing",
-        )
+        _add_progress_option(command)
 
     train = commands.add_parser(
         "train",
@@ -474,12 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output file type (default .nii.gz)",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
-    segment.add_argument(
-        "--progress",
-        choices=("bar", "json", "none"),
-        default="bar",
-        help="progress bar (default), JSON lines on stdout, or nothing",
-    )
+    _add_progress_option(segment)
     segment.set_defaults(run=cmd_segment)
 
     models = commands.add_parser("models", help="list the shipped and your own models")
