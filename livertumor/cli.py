@@ -307,7 +307,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     print(f"shipped: {shipped_models_dir()}\nuser:    {user_models_dir()}")
     for entry in entries:
-        print(f"  {entry.name}:{entry.version:<10} {entry.schema:<15} {entry.source:<8} {entry.path}")
+        print(f"  {entry.name}:{entry.version:<10} {entry.kind:<12} {entry.method:<15} {entry.source:<8} {entry.path}")
     if not entries:
         print("  (no models found)")
     return 0
@@ -318,6 +318,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     summary = run_demo(args.out, seed=args.seed, model=args.model, device=args.device)
     print(summary)
+    return 0
+
+
+def cmd_train_lesions(args: argparse.Namespace) -> int:
+    from .lesions.training import LesionTrainConfig, train_lesion_model
+    from .training import config_with
+
+    config = LesionTrainConfig()
+    if args.config:
+        config = LesionTrainConfig.from_json(json.loads(Path(args.config).read_text()))
+    config = config_with(
+        config, framework=args.framework, epochs=args.epochs, batch=args.batch, seed=args.seed, device=args.device
+    )
+    reporter = Reporter(args.progress, "train-lesions")
+
+    def on_event(event: dict) -> None:
+        if reporter.mode == "json":
+            reporter.json(**event)
+        elif event["event"] == "epoch":
+            fold = f"fold {event['fold']}/{event['folds']} " if "fold" in event else "final model "
+            reporter.fraction(
+                event["epoch"] / event["epochs"], f"{fold}epoch {event['epoch']}: loss {event['loss']:.3f}"
+            )
+        else:
+            print(json.dumps(event, default=str), file=sys.stderr)
+
+    try:
+        card = train_lesion_model(
+            args.data,
+            config,
+            args.out,
+            init=args.init,
+            folds=args.folds,
+            name=args.name,
+            liver_model=args.liver_model,
+            on_event=on_event,
+        )
+    finally:
+        reporter.close()
+    summary = {k: v for k, v in card.validation.items() if k in ("accuracy", "dice", "recall")}
+    print(f"lesion model written to {args.out}; cross-validation: {json.dumps(summary)}")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .lesions.classify import classify_lesions, write_report
+
+    if args.output.exists() and not args.overwrite:
+        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    reporter = Reporter(args.progress, "classify")
+    try:
+        results = classify_lesions(args.ct, args.lesions, args.model, args.liver, args.device, reporter.fraction)
+    finally:
+        reporter.close()
+    write_report(results, args.output, args.model or "default", str(args.ct))
+    for result in results:
+        m = result.measurement
+        print(
+            f"lesion {result.id}: {result.lesion_class:<10} p={result.probabilities[result.lesion_class]:.2f} "
+            f"{m.volume_ml:7.2f} mL, {m.longest_axial_diameter_mm:5.1f} mm"
+        )
+    print(f"report written to {args.output}")
     return 0
 
 
@@ -480,6 +542,49 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     _add_progress_option(segment)
     segment.set_defaults(run=cmd_segment)
+
+    train_lesions = commands.add_parser(
+        "train-lesions",
+        help="train a lesion segmentation / classification model (2D, liver crops)",
+        description="Train one of the second paper's frameworks on lesion slices (largest-area slice of each "
+        "lesion and its neighbours, cropped to the liver): cls (classifier), seg (lesion segmentation; also the "
+        "pre-training on LiTS-layout data without classes), ynet (multi-task) or joint (pixel-wise classes, "
+        "majority vote). Cross-validation by patient first, then a final model on all cases.",
+    )
+    train_lesions.add_argument("--data", type=Path, required=True, help="LiTS-layout folder with classes-N maps")
+    train_lesions.add_argument("--framework", choices=("cls", "seg", "ynet", "joint"), help="default joint")
+    train_lesions.add_argument(
+        "--init", default="scratch", help="scratch (default), imagenet:FILE (SE-ResNet state dict) or lits:MODEL"
+    )
+    train_lesions.add_argument("--folds", type=int, default=3, help="cross-validation folds by patient (3; 0 skips)")
+    train_lesions.add_argument(
+        "--config", type=Path, help="JSON settings (see Resources/Models/demo-lesions.train.json)"
+    )
+    train_lesions.add_argument("--epochs", type=int, help="epochs (default 30)")
+    train_lesions.add_argument("--batch", type=int, help="slices per batch (default 16)")
+    train_lesions.add_argument("--seed", type=int, help="seed of folds, weights and augmentation")
+    train_lesions.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
+    train_lesions.add_argument("--liver-model", help="segmentation model giving the liver box at inference")
+    train_lesions.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
+    train_lesions.add_argument("--name", default="lesions", help="model name in its card (default lesions)")
+    _add_progress_option(train_lesions)
+    train_lesions.set_defaults(run=cmd_train_lesions)
+
+    classify = commands.add_parser(
+        "classify",
+        help="classify each lesion of a CT as cyst, hemangioma or metastasis",
+        description="For each lesion (connected component of the lesion mask, or label 2 of a 0/1/2 map) on the "
+        "CT's grid: class, probabilities, volume, longest axial diameter and centroid (LPS mm), as JSON.",
+    )
+    classify.add_argument("ct", type=Path, help="CT file or DICOM folder")
+    classify.add_argument("--lesions", type=Path, required=True, help="lesion mask or 0/1/2 label map on the CT grid")
+    classify.add_argument("--liver", type=Path, help="liver mask (default: label 1 of --lesions, or the liver model)")
+    classify.add_argument("--model", help="lesion model name, name:version or folder (default: the demo classifier)")
+    classify.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    classify.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
+    classify.add_argument("--overwrite", action="store_true", help="replace the report if it exists")
+    _add_progress_option(classify)
+    classify.set_defaults(run=cmd_classify)
 
     models = commands.add_parser("models", help="list the shipped and your own models")
     models.add_argument("--json", action="store_true", help="machine-readable list")

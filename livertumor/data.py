@@ -35,8 +35,23 @@ from .preprocess import (
 )
 from .volume import Grid
 
-Task = Literal["tumour", "liver"]
+#: What a network learns: ``tumour`` (tumour vs rest), ``liver`` (liver with its tumours vs rest) or
+#: ``joint`` (background / liver / tumour: a tumour network that learns the liver as context, see
+#: docs/design.md).
+Task = Literal["tumour", "liver", "joint"]
 TUMOUR, LIVER = 2, 1
+
+
+def task_for(classes: int) -> Task:
+    """The tumour network's task for a network with ``classes`` outputs (2: tumour, 3: joint)."""
+    if classes not in (2, 3):
+        raise ValueError(f"a tumour network has 2 or 3 classes, not {classes}")
+    return "joint" if classes == 3 else "tumour"
+
+
+def foreground_channel(task: Task) -> int:
+    """The output channel of the structure the task is scored on (tumour, or liver for ``liver``)."""
+    return TUMOUR if task == "joint" else 1
 
 
 @dataclass(frozen=True)
@@ -49,8 +64,14 @@ class PreparedCase:
     grid: Grid
 
     def target(self, task: Task) -> np.ndarray:
-        """The class map a network learns: tumour vs rest, or liver (with its tumours) vs rest."""
+        """The class map a network learns (see :data:`Task`)."""
+        if task == "joint":
+            return self.label.astype(np.uint8)
         return (self.label == TUMOUR if task == "tumour" else self.label >= LIVER).astype(np.uint8)
+
+    def scored(self, task: Task) -> np.ndarray:
+        """The true mask of the structure the task is scored on."""
+        return self.label == TUMOUR if task != "liver" else self.label >= LIVER
 
 
 def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:

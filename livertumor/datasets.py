@@ -15,6 +15,8 @@ from .errors import DatasetError, MissingPairError
 from .io import volume_stem, volume_suffix
 
 LABEL_SUFFIXES = ("_seg", "_label", "_labels", "_mask")
+#: Files that travel with a case but are neither its image nor its label map (lesion class maps).
+COMPANION_SUFFIXES = ("_classes",)
 _LITS_NAME = re.compile(r"^(volume|segmentation)-(\d+)$")
 
 
@@ -77,6 +79,8 @@ def find_cases(folder: str | Path) -> list[Case]:
     images, labels = {}, {}
     for path in _volume_files(folder, recursive=False):
         stem = volume_stem(path)
+        if stem.endswith(COMPANION_SUFFIXES):
+            continue
         suffix = next((s for s in LABEL_SUFFIXES if stem.endswith(s)), None)
         if suffix:
             labels[stem[: -len(suffix)]] = path

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import LIVER, TUMOUR, foreground_channel, task_for
 from .errors import LiverTumorError
 from .networks import round_up
 from .preprocess import extract_block, prepare_ct, restore_to_grid, sub_image_starts
@@ -177,8 +178,12 @@ def segment(
             labels[liver] = 1
             region = loaded.liver_box(liver, prepared.grid)
         else:
-            tumour[region] = result[1]
-            labels[region][result.argmax(0) == 1] = 2
+            channel = foreground_channel(task_for(result.shape[0]))
+            classes = result.argmax(0)
+            if channel == TUMOUR:
+                labels[region][classes == LIVER] = LIVER
+            tumour[region] = result[channel]
+            labels[region][classes == channel] = TUMOUR
     report(0.9, "mapping back onto the input grid")
     on_input = restore_to_grid(prepared.with_array(labels), ct.grid, is_label=True)
     probability = None

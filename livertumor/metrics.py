@@ -53,16 +53,21 @@ def _as_mask(array: np.ndarray, label: int | None) -> np.ndarray:
 def _surface_voxels(mask: np.ndarray, voxels: np.ndarray) -> np.ndarray:
     """Flat indices (sorted) of the surface voxels of ``mask`` given its sorted flat voxel indices."""
     shape = mask.shape
-    coordinates = np.stack(np.unravel_index(voxels, shape), axis=1)
-    on_border = np.any((coordinates == 0) | (coordinates == np.asarray(shape) - 1), axis=1)
-    interior = voxels[~on_border]
+    on_border = np.zeros(voxels.size, bool)
+    for coordinate, size in zip(np.unravel_index(voxels, shape), shape):
+        on_border |= (coordinate == 0) | (coordinate == size - 1)
+    # int32 indices halve the memory traffic of the 18 gathers; preallocated buffers avoid 36 allocations.
+    interior = voxels[~on_border].astype(np.int32 if mask.size < 2**31 else np.int64)
     flat = mask.reshape(-1)
     strides = np.asarray([shape[1] * shape[2], shape[2], 1])
-    exposed = np.zeros(interior.size, bool)
+    inside = np.ones(interior.size, bool)
+    neighbour, present = np.empty_like(interior), np.empty(interior.size, bool)
     for offset in _NEIGHBOURS_18 @ strides:
-        exposed |= ~flat[interior + offset]
-    surface = on_border.copy()
-    surface[~on_border] = exposed
+        np.add(interior, offset, out=neighbour)
+        np.take(flat, neighbour, out=present)
+        inside &= present
+    surface = on_border
+    surface[~on_border] = ~inside
     return voxels[surface]
 
 

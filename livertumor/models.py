@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,7 +33,11 @@ from .networks import ResUNet3d, ResUNetConfig
 from .preprocess import PreprocessConfig, mask_box
 from .volume import Grid
 
+if TYPE_CHECKING:
+    from .lesions.model import LesionModelCard
+
 MODEL_FORMAT = "livertumor-model/1"
+LESION_MODEL_FORMAT = "livertumor-lesion-model/1"
 CARD_NAME = "card.json"
 DEFAULT_MODEL = "demo-curriculum"
 NOT_CLINICAL = "Research and demonstration only. Not a medical device; not for diagnosis or treatment decisions."
@@ -101,9 +106,16 @@ class ModelCard:
     def label(self) -> str:
         return f"{self.name} {self.version}"
 
+    #: What the registry lists this model as.
+    kind = "segmentation"
 
-def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], card: ModelCard) -> Path:
-    """Write a new model folder: weights (safetensors) and the card with their sha256.
+    @property
+    def method(self) -> str:
+        return self.schema
+
+
+def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], card: ModelCard | LesionModelCard) -> Path:
+    """Write a new model folder: weights (safetensors) and the card (either kind) with their sha256.
 
     The folder is assembled under a temporary name and renamed at the end, so it appears complete or
     not at all. An existing folder is refused (:class:`ModelExistsError`).
@@ -118,7 +130,7 @@ def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], car
         for role, network in networks.items():
             file = f"{role}.safetensors"
             state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-            save_file(state, str(staging / file), metadata={"role": role, "format": MODEL_FORMAT})
+            save_file(state, str(staging / file), metadata={"role": role, "format": card.to_json()["format"]})
             card.weights[role] = {"file": file, "sha256": sha256_of(staging / file)}
         (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=1))
         os.rename(staging, directory)
@@ -146,8 +158,9 @@ class LoadedModel:
         return mask_box(liver, grid.spacing_zyx, self.card.liver_margin_mm)
 
 
-def read_card(directory: str | os.PathLike) -> ModelCard:
-    """The card of a model folder (no weights read)."""
+def read_card(directory: str | os.PathLike) -> ModelCard | LesionModelCard:
+    """The card of a model folder (no weights read): a :class:`ModelCard` for tumour segmentation
+    models, a :class:`~livertumor.lesions.model.LesionModelCard` for lesion models."""
     path = Path(directory) / CARD_NAME
     if not path.is_file():
         raise ModelFileError(f"{directory} is not a model folder: it has no {CARD_NAME}")
@@ -155,6 +168,10 @@ def read_card(directory: str | os.PathLike) -> ModelCard:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{path} is not valid JSON ({error})") from error
+    if isinstance(data, dict) and data.get("format") == LESION_MODEL_FORMAT:
+        from .lesions.model import LesionModelCard
+
+        return LesionModelCard.from_json(data, str(path))
     return ModelCard.from_json(data, str(path))
 
 
@@ -182,7 +199,7 @@ def write_manifest(folder: str | os.PathLike) -> Path:
     return path
 
 
-def _check_manifest(directory: Path) -> None:
+def check_manifest(directory: Path) -> None:
     """A shipped model's card must match the manifest (the card in turn pins the weights)."""
     manifest = directory.parent / MANIFEST_NAME
     if directory.parent.resolve() != shipped_models_dir().resolve() or not manifest.is_file():
@@ -193,12 +210,9 @@ def _check_manifest(directory: Path) -> None:
         raise ModelChecksumError(f"{directory / CARD_NAME} differs from the shipped manifest {manifest}")
 
 
-def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a model by registry name, folder or None (the default model), verifying every checksum."""
-    directory = resolve_model(model)
-    _check_manifest(directory)
-    card = read_card(directory)
-    networks = {}
+def read_verified_weights(directory: Path, card) -> dict[str, dict[str, torch.Tensor]]:
+    """Every weights file a card lists, checked against its sha256 and read as safetensors (no pickle)."""
+    states = {}
     for role, entry in card.weights.items():
         path = directory / entry["file"]
         if not path.is_file():
@@ -210,14 +224,31 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
                 f"{actual[:16]}...; it is corrupt, truncated or was replaced. Reinstall or re-export the model."
             )
         try:
-            state = load_file(str(path))
+            states[role] = load_file(str(path))
         except (SafetensorError, OSError) as error:
             raise ModelFileError(f"{path} cannot be read as safetensors: {error}") from error
+    return states
+
+
+def load_state_strict(network: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """``load_state_dict(strict=True)`` with the error a user can act on."""
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ModelFileError(f"{source} does not fit the architecture in its card: {error}") from error
+
+
+def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a model by registry name, folder or None (the default model), verifying every checksum."""
+    directory = resolve_model(model)
+    check_manifest(directory)
+    card = read_card(directory)
+    if not isinstance(card, ModelCard):
+        raise ModelFileError(f"{directory} is a {card.kind} model, not a tumour segmentation model")
+    networks = {}
+    for role, state in read_verified_weights(directory, card).items():
         network = ResUNet3d(card.architecture)
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as error:
-            raise ModelFileError(f"{path} does not fit the architecture in its card: {error}") from error
+        load_state_strict(network, state, directory / card.weights[role]["file"])
         networks[role] = network.to(device).eval()
     if "tumour" not in networks:
         raise ModelFileError(f"{directory} has no tumour network in its card")
@@ -243,7 +274,8 @@ class RegistryEntry:
     version: str
     path: Path
     source: str  # "shipped" or "user"
-    schema: str
+    kind: str  # "segmentation" or "lesion"
+    method: str  # training schema (segmentation) or framework (lesion)
 
 
 def _version_key(version: str) -> tuple:
@@ -262,15 +294,16 @@ def list_models() -> list[RegistryEntry]:
                 card = read_card(card_path.parent)
             except ModelFileError:
                 continue  # a broken folder is reported when someone asks for it by path
-            found.append(RegistryEntry(card.name, card.version, card_path.parent, source, card.schema))
+            found.append(RegistryEntry(card.name, card.version, card_path.parent, source, card.kind, card.method))
         entries += sorted(found, key=lambda e: (e.name, _version_key(e.version)))
     return entries
 
 
-def resolve_model(model: str | os.PathLike | None) -> Path:
-    """A model folder from a folder path, a registry name (newest version) or ``name:version``."""
+def resolve_model(model: str | os.PathLike | None, default: str = DEFAULT_MODEL) -> Path:
+    """A model folder from a folder path, a registry name (newest version), ``name:version``, or None
+    for ``default``."""
     if model is None:
-        model = DEFAULT_MODEL
+        model = default
     path = Path(model)
     if path.is_dir():
         return path

@@ -29,7 +29,17 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Subset
 
-from .data import Augmentation, CurriculumSamples, PreparedCase, Task, prepare_case, require_tumour, tumour_patch_size
+from .data import (
+    Augmentation,
+    CurriculumSamples,
+    PreparedCase,
+    Task,
+    foreground_channel,
+    prepare_case,
+    require_tumour,
+    task_for,
+    tumour_patch_size,
+)
 from .datasets import Case
 from .errors import LiverTumorError
 from .inference import resolve_device, sliding_window
@@ -320,7 +330,8 @@ class Trainer:
                 1,
                 self.device,
             )
-            prediction, truth = probabilities.argmax(0) == 1, case.target(self.task).astype(bool)
+            prediction = probabilities.argmax(0) == foreground_channel(self.task)
+            truth = case.scored(self.task)
             spacing = case.grid.spacing_zyx
             stats.append(mask_stats(prediction, truth, spacing))
             rows.append(metrics_from_stats(stats[-1]))
@@ -413,6 +424,8 @@ def train_model(
     ``work_dir`` resumes. ``initial`` maps network roles to starting weights (fine-tuning).
     """
     out = Path(out)
+    if config.schema == "cascade" and config.architecture.classes != 2:
+        raise ValueError("the cascade's liver and tumour networks have 2 classes each")
     if out.exists():
         from .models import ModelExistsError
 
@@ -424,7 +437,9 @@ def train_model(
     validation_prepared = [prepare_case(case, config.preprocess) for case in validation]
     require_tumour(train_prepared)
     roles: list[tuple[str, Task]] = (
-        [("liver", "liver"), ("tumour", "tumour")] if config.schema == "cascade" else [("tumour", "tumour")]
+        [("liver", "liver"), ("tumour", "tumour")]
+        if config.schema == "cascade"
+        else [("tumour", task_for(config.architecture.classes))]
     )
     histories, weights, validation_metrics, distributed = {}, {}, {}, _Distributed()
     for role, task in roles:

@@ -65,6 +65,10 @@ class SEResNetConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SEResNetConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
 
 class SEResNetEncoder(nn.Module):
     """Stem (7x7 conv stride 2, BN, ReLU, 3x3 max-pool) and four SE-ResNet stages.
@@ -210,8 +214,9 @@ def map_encoder_keys(state: dict[str, torch.Tensor], encoder: SEResNetEncoder) -
         renamed[key] = value
     target = encoder.state_dict()
     first = renamed.get("conv1.weight")
-    if first is not None and first.shape[1] != target["conv1.weight"].shape[1]:
-        renamed["conv1.weight"] = first.sum(dim=1, keepdim=True).repeat(1, target["conv1.weight"].shape[1], 1, 1)
+    expected = target["conv1.weight"].shape
+    if first is not None and first.ndim == 4 and first.shape[0] == expected[0] and first.shape[1] != expected[1]:
+        renamed["conv1.weight"] = first.sum(dim=1, keepdim=True).repeat(1, expected[1], 1, 1)
     missing = [k for k in target if k not in renamed]
     misfit = [
         f"{k} {tuple(renamed[k].shape)} != {tuple(v.shape)}"

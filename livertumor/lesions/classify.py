@@ -1,0 +1,157 @@
+"""Per-lesion classification of a 3D CT: ``classify_lesions(image, lesions, model=...)``.
+
+Each lesion (26-connected component of the lesion mask) is classified from its largest-area axial slice
+and its neighbours, cropped to the liver like the training slices. Frameworks ``cls`` and ``ynet``
+average their per-slice class probabilities; ``joint`` takes the majority vote of the lesion's pixels
+over all its slices (the second paper's rule) and reports the mean pixel probabilities.
+
+The liver box comes from, in this order: the ``liver`` argument, label 1 of a 0/1/2 ``lesions`` map,
+or the segmentation model the lesion model's card names (run with ``livertumor.segment``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LiverTumorError
+from ..inference import resolve_device
+from ..io import check_ct_values, read_ct, read_image
+from ..phantom import LESION_CLASSES
+from ..volume import Volume
+from .data import LIVER, TUMOUR, case_slices
+from .measure import LesionMeasurement, measure_lesions
+from .model import load_lesion_model
+from .training import predict_slices
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class LesionClassification:
+    """One lesion: its class, class probabilities, the vote of each slice, and its measurements."""
+
+    id: int
+    lesion_class: str
+    probabilities: dict[str, float]
+    slice_votes: list[dict]
+    measurement: LesionMeasurement
+
+    def to_json(self) -> dict:
+        measurement = asdict(self.measurement)
+        return {
+            "id": self.id,
+            "class": self.lesion_class,
+            "probabilities": self.probabilities,
+            "volume_ml": measurement["volume_ml"],
+            "longest_axial_diameter_mm": measurement["longest_axial_diameter_mm"],
+            "centroid_lps_mm": measurement["centroid_lps_mm"],
+            "voxels": measurement["voxels"],
+            "slice_votes": self.slice_votes,
+        }
+
+
+def _as_volume(value: Volume | str | os.PathLike) -> Volume:
+    return value if isinstance(value, Volume) else read_image(value)
+
+
+def _liver_mask(ct: Volume, lesion_map: np.ndarray, liver, liver_model: str | None, device: str) -> np.ndarray:
+    if liver is not None:
+        volume = _as_volume(liver)
+        ct.grid.require_same(volume.grid, "the liver mask and the CT")
+        return volume.array != 0
+    if lesion_map.max() == TUMOUR and (lesion_map == LIVER).any():
+        return lesion_map >= LIVER
+    if liver_model is None:
+        raise LiverTumorError(
+            "no liver mask: pass one (liver=... / --liver), a 0/1/2 label map with the liver, or use a lesion "
+            "model whose card names a liver model"
+        )
+    from ..inference import segment
+
+    liver_mask = segment(ct, model=liver_model, device=device).labels.array >= LIVER
+    if not liver_mask.any():
+        raise LiverTumorError(f"the liver model {liver_model} found no liver in this CT")
+    return liver_mask
+
+
+def classify_lesions(
+    image: Volume | str | os.PathLike,
+    lesions: Volume | str | os.PathLike,
+    model: str | os.PathLike | None = None,
+    liver: Volume | str | os.PathLike | None = None,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> list[LesionClassification]:
+    """Classify every lesion of ``lesions`` (a mask, or a 0/1/2 label map whose 2 is tumour) on the CT
+    ``image``'s grid as cyst, hemangioma or metastasis. ``model``: a lesion model (registry name or
+    folder; None for the shipped demo classifier)."""
+    report = progress or (lambda fraction, message: None)
+    ct = read_ct(image) if not isinstance(image, Volume) else image
+    check_ct_values(ct)
+    lesion_volume = _as_volume(lesions)
+    ct.grid.require_same(lesion_volume.grid, "the lesion mask and the CT")
+    lesion_map = np.asarray(lesion_volume.array)
+    # A 0/1/2 label map (segment's output, LiTS) gives tumour as 2; any other map is a lesion mask.
+    is_label_map = lesion_map.max() == TUMOUR and (lesion_map == LIVER).any()
+    tumour = lesion_map == TUMOUR if is_label_map else lesion_map != 0
+    if not tumour.any():
+        raise LiverTumorError("the lesion mask is empty: there is no lesion to classify")
+    torch_device = resolve_device(device)
+    loaded = load_lesion_model(model, torch_device)
+    card = loaded.card
+    if not card.classifies:
+        raise LiverTumorError(f"{card.label} is a segmentation-only lesion model (framework seg): it cannot classify")
+    report(0.05, "liver box")
+    liver_mask = _liver_mask(ct, lesion_map, liver, card.liver_model, device)
+    label = np.where(liver_mask, LIVER, 0).astype(np.uint8)
+    label[tumour] = TUMOUR
+    report(0.4, "lesion slices")
+    slices = case_slices("ct", ct, label, card.slices, liver=liver_mask)
+    _, measurements = measure_lesions(ct.with_array(tumour.astype(np.uint8)))
+    predictions = predict_slices(loaded.network, card.framework, slices.images, slices.lesion, len(card.classes))
+    report(0.9, "votes")
+    results = []
+    for measurement in measurements:
+        rows = [i for i, key in enumerate(slices.lesions) if key == f"ct/{measurement.id}"]
+        probabilities = predictions.probabilities[rows].mean(0)
+        if card.framework == "joint":
+            totals = predictions.votes[rows].sum(0)
+            winner = int(totals.argmax()) if totals.sum() else int(probabilities.argmax())
+        else:
+            winner = int(probabilities.argmax())
+        votes = [
+            {
+                "slice": int(slices.planes[row]),
+                "class": card.classes[int(predictions.classes[row])],
+                "probabilities": _named(predictions.probabilities[row], card.classes),
+            }
+            for row in rows
+        ]
+        results.append(
+            LesionClassification(
+                measurement.id, card.classes[winner], _named(probabilities, card.classes), votes, measurement
+            )
+        )
+    report(1.0, "done")
+    return results
+
+
+def _named(values: np.ndarray, names: list[str]) -> dict[str, float]:
+    return {name: round(float(v), 4) for name, v in zip(names, values)}
+
+
+def write_report(results: list[LesionClassification], path: str | os.PathLike, model: str, image: str) -> Path:
+    """The JSON report of ``livertumor classify`` (atomic)."""
+    from ..io import write_json
+
+    path = Path(path)
+    write_json(
+        path,
+        {"image": image, "model": model, "classes": list(LESION_CLASSES), "lesions": [r.to_json() for r in results]},
+    )
+    return path
