@@ -72,6 +72,8 @@ def test_finetune_makes_a_new_version_and_leaves_the_parent_alone(tiny_model, ti
     assert card.version == "1.1" and card.parent == "tiny:1"
     assert card.architecture == read_card(tiny_model).architecture  # from the parent's card, not re-typed
     assert [s["kind"] for s in card.stages] == ["whole", "patch", "whole"]
+    # the parent scored on the same validation cases before fine-tuning, beside the result after
+    assert set(card.validation_before) >= {"dc", "dg"} and "dg" in card.validation
 
 
 def test_finetune_lists_every_problem_of_the_cases(tiny_model, tiny_data, tmp_path):

@@ -79,6 +79,8 @@ class ModelCard:
     liver_margin_mm: float = 10.0
     training_data: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
+    #: A fine-tuned model's parent scored on the same validation cases before fine-tuning.
+    validation_before: dict = field(default_factory=dict)
     parent: str | None = None
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     intended_use: str = NOT_CLINICAL

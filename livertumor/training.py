@@ -187,6 +187,7 @@ class TrainResult:
     model_dir: Path | None
     history: list[dict]
     validation: dict
+    validation_before: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -209,6 +210,7 @@ class Trainer:
         self.on_event = on_event or (lambda event: None)
         torch.manual_seed(config.seed)
         self.model = ResUNet3d(config.architecture)
+        self.fine_tuning = initial_weights is not None
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(self.device)
@@ -256,10 +258,15 @@ class Trainer:
     def run(self) -> list[dict]:
         """Train every stage, resuming from the last checkpoint if one exists. Returns the epoch log."""
         plan = self.config.stage_plan()
-        progress = {"stage": 0, "epoch": 0, "best": -1.0, "history": []}
+        progress = {"stage": 0, "epoch": 0, "best": -1.0, "history": [], "before": {}}
         if self.last_path.exists():
             progress = load_checkpoint(self.last_path, self.model, self.optimizer)
             self._emit(event="resumed", stage=progress["stage"], epoch=progress["epoch"])
+        elif self.fine_tuning and self.distributed.main:
+            # The starting model scored on the same validation cases: the "before" of fine-tuning.
+            progress["before"] = self.validate()
+            self._emit(event="before", **progress["before"])
+        self.before = progress.get("before", {})
         network = self._network()
         total_epochs = sum(epochs for _, epochs, _ in plan)
         for stage, (kind, epochs, learning_rate) in enumerate(plan):
@@ -441,7 +448,7 @@ def train_model(
         if config.schema == "cascade"
         else [("tumour", task_for(config.architecture.classes))]
     )
-    histories, weights, validation_metrics, distributed = {}, {}, {}, _Distributed()
+    histories, weights, validation_metrics, before, distributed = {}, {}, {}, {}, _Distributed()
     for role, task in roles:
         cases_train, cases_validation = train_prepared, validation_prepared
         if config.schema == "cascade" and role == "tumour":
@@ -458,6 +465,7 @@ def train_model(
         )
         distributed = trainer.distributed
         histories[role] = trainer.run()
+        before[role] = trainer.before
         weights[role] = trainer.best_weights()
         scored = [row for row in histories[role] if row.get("dg") is not None]
         validation_metrics[role] = max(scored, key=lambda row: row["dg"]) if scored else {}
@@ -485,13 +493,14 @@ def train_model(
             "settings": config.to_json(),
         },
         validation=validation_metrics.get("tumour", {}),
+        validation_before=before.get("tumour", {}),
         parent=parent,
     )
     save_model(out, networks, card)
     for role, history in histories.items():
         plot_history(history, work, f"{name} {version}: {role} network ({config.schema})")
     emit({"event": "saved", "model": str(out), "validation": card.validation})
-    return TrainResult(out, histories.get("tumour", []), card.validation)
+    return TrainResult(out, histories.get("tumour", []), card.validation, card.validation_before)
 
 
 def split_cases(cases: Sequence[Case], validation_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
