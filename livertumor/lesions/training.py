@@ -2,9 +2,9 @@
 cross-validation split by patient.
 
 Choices where the second paper is silent (its Table 1 gives no optimiser settings): Adam at 1e-3 with
-cosine decay over the epochs, batch 16, the same for every framework and initialisation so that only the initialisation differs;
-augmentation by flips, shifts of up to 1/16 of the crop and intensity jitter (lesion type does not
-depend on orientation); the Y-Net's lambda 0.5.
+cosine decay over the epochs, batch 16, the same for every framework and initialisation so that only the
+initialisation differs; augmentation by flips, shifts of up to 1/16 of the crop and intensity jitter
+(lesion type does not depend on orientation); the Y-Net's lambda 0.5.
 """
 
 from __future__ import annotations
