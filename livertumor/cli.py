@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
         "architecture and preprocessing are kept; the result is a new version beside it, never an overwrite.",
     )
     training_options(finetune)
-    finetune.add_argument("--model", required=True, help="model name, name:version or folder to start from")
+    finetune.add_argument("--model", help="model name, name:version or folder to start from (default: the demo model)")
     finetune.add_argument("--out", type=Path, help="new model folder (default: the user's model folder)")
     finetune.set_defaults(run=cmd_finetune)
 

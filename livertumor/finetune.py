@@ -35,7 +35,7 @@ def check_cases(cases: Sequence[Case]) -> list[str]:
 
 
 def finetune(
-    model: str | os.PathLike,
+    model: str | os.PathLike | None,
     cases: Sequence[Case],
     out: str | os.PathLike | None = None,
     epochs: int | None = None,
@@ -46,7 +46,8 @@ def finetune(
     workers: int | None = None,
     on_event: Event | None = None,
 ) -> Path:
-    """Fine-tune ``model`` on ``cases`` with the three-stage curriculum; returns the new model's folder.
+    """Fine-tune ``model`` (None: the default model) on ``cases`` with the three-stage curriculum; returns
+    the new model's folder.
 
     Architecture and preprocessing come from the model's card (one source of truth); the new card names
     its parent and holds the validation metrics before and after.

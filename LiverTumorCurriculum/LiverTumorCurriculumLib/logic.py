@@ -1,0 +1,266 @@
+"""LiverTumorCurriculumLogic: segment liver tumours in a CT node, fine-tune on annotated cases.
+
+Console contract (blocking)::
+
+    logic = LiverTumorCurriculumLogic()
+    segmentation = logic.segment(volumeNode, model=None, device="auto")
+    new_model = logic.finetune([(volumeNode, segmentationNode), ...], model=None, out=None)
+
+The GUI uses the ``start_*`` variants, which return a :class:`Job` to poll from a timer and to cancel.
+All heavy work runs in ``PythonSlicer -m livertumor ...``; the scene changes only when a run has
+succeeded, so a failed or cancelled run leaves it as it was. No dialogs, no application globals but the
+default scene (``slicer.mrmlScene``) when none is given.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from livertumor.errors import LiverTumorError
+from livertumor.io import read_image, read_label, write_volume
+from livertumor.lesions.measure import measure_lesions
+
+from . import mrml
+from .process import LibraryProcess
+
+Progress = Callable[[float, str], None]
+#: Speed/quality choice -> sliding-window overlap.
+OVERLAP = {"fast": 0.25, "quality": 0.5}
+LIVER, TUMOUR = 1, 2
+#: Segment names (lower case) read as tumour or liver when a user's segmentation is used for training.
+TUMOUR_WORDS = ("tumor", "tumour", "lesion", "metasta", "cyst", "hemangioma", "neoplasm", "cancer", "hcc")
+
+
+class Job:
+    """A running library process and what to do with its result: ``poll()`` from a timer until it
+    returns True, then read ``result`` (or ``error``); ``cancel()`` ends the process tree."""
+
+    def __init__(self, process: LibraryProcess, finish: Callable[[LibraryProcess], Any], workdir: Path) -> None:
+        self.process, self._finish, self.workdir = process, finish, workdir
+        self.result: Any = None
+        self.error: Exception | None = None
+        self.done = False
+
+    def poll(self) -> bool:
+        if self.done:
+            return True
+        if not self.process.poll():
+            return False
+        try:
+            self.process.check()
+            self.result = self._finish(self.process)
+        except Exception as error:  # reported to the caller through .error / wait()
+            self.error = error
+        finally:
+            self.done = True
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return True
+
+    def cancel(self) -> None:
+        self.process.cancel()
+        self.poll()
+
+    def wait(self, poll_seconds: float = 0.05) -> Any:
+        import time
+
+        while not self.poll():
+            time.sleep(poll_seconds)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def _progress_events(progress: Progress | None) -> Callable[[dict], None]:
+    def on_event(event: dict) -> None:
+        if progress is None:
+            return
+        if "progress" in event:
+            progress(float(event["progress"]), str(event.get("message", "")))
+        elif event.get("event") == "iteration":
+            fraction = event["iteration"] / max(1, event["iterations"])
+            progress(fraction, f"stage {event['stage'] + 1} ({event['kind']}), epoch {event['epoch'] + 1}")
+        elif event.get("event") == "epoch":
+            dice = event.get("dg")
+            progress(
+                event["done"] / max(1, event["total"]),
+                f"epoch {event['done']}/{event['total']}: validation Dice {'-' if dice is None else f'{dice:.3f}'}",
+            )
+
+    return on_event
+
+
+@dataclass
+class SegmentationResult:
+    """The nodes a segmentation run adds: segmentation, lesion table, and optionally the probability."""
+
+    segmentation: Any
+    table: Any
+    probability: Any = None
+
+
+@dataclass
+class FinetuneCase:
+    """A fine-tuning case from the scene: a CT node and a segmentation node with a tumour segment."""
+
+    volume: Any
+    segmentation: Any
+    name: str = ""
+
+
+@dataclass
+class CaseCheck:
+    """The result of checking fine-tuning cases: problems (one line each) and the usable label maps."""
+
+    problems: list[str] = field(default_factory=list)
+    labels: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
+
+
+class LiverTumorCurriculumLogic:
+    """Liver tumour segmentation and fine-tuning on MRML nodes (see the module docstring)."""
+
+    def __init__(self, scene=None, python: str | None = None) -> None:
+        self._scene = scene
+        self.python = python
+
+    @property
+    def scene(self):
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        return slicer.mrmlScene
+
+    # ---- segmentation -------------------------------------------------------------------------------
+    def start_segment(
+        self,
+        volume_node,
+        model: str | None = None,
+        device: str = "auto",
+        quality: str = "quality",
+        probabilities: bool = False,
+        progress: Progress | None = None,
+    ) -> Job:
+        """Start segmenting ``volume_node``; the job's result is a :class:`SegmentationResult`."""
+        if quality not in OVERLAP:
+            raise ValueError(f"quality is one of {', '.join(OVERLAP)}, not {quality!r}")
+        ct = mrml.volume_from_node(volume_node)
+        workdir = Path(tempfile.mkdtemp(prefix="livertumor-segment-"))
+        write_volume(ct, workdir / "ct.nrrd")
+        arguments = ["segment", workdir / "ct.nrrd", "-o", workdir, "--device", device, "--format", ".nrrd"]
+        arguments += ["--overlap", OVERLAP[quality], "--progress", "json"]
+        arguments += ["--model", model] if model else []
+        arguments += ["--probabilities"] if probabilities else []
+        process = LibraryProcess(arguments, _progress_events(progress), self.python).start()
+
+        def finish(_: LibraryProcess) -> SegmentationResult:
+            return self._add_result(volume_node, ct.grid, workdir, probabilities)
+
+        return Job(process, finish, workdir)
+
+    def segment(self, volume_node, model: str | None = None, device: str = "auto", **options) -> Any:
+        """Segment liver tumours in ``volume_node`` (blocking); returns the new segmentation node."""
+        return self.start_segment(volume_node, model, device, **options).wait().segmentation
+
+    def _add_result(self, volume_node, grid, workdir: Path, probabilities: bool) -> SegmentationResult:
+        labels = read_label(workdir / "ct_seg.nrrd", reference=grid)
+        tumour = labels.array == TUMOUR
+        masks = []
+        if (labels.array == LIVER).any():
+            masks.append(("liver", labels.array >= LIVER))
+        masks.append(("tumor", tumour))
+        name = f"{volume_node.GetName()} liver tumors"
+        segmentation = mrml.add_segmentation_node(self.scene, volume_node, masks, name)
+        _, measurements = measure_lesions(labels, label=TUMOUR)
+        table = mrml.lesion_table(self.scene, measurements, f"{volume_node.GetName()} lesions")
+        probability = None
+        if probabilities:
+            volume = read_image(workdir / "ct_tumour_probability.nrrd")
+            probability = mrml.add_volume_node(
+                self.scene, volume, f"{volume_node.GetName()} tumor probability", like=volume_node
+            )
+        return SegmentationResult(segmentation, table, probability)
+
+    # ---- fine-tuning --------------------------------------------------------------------------------
+    def check_cases(self, cases: Sequence[FinetuneCase | tuple]) -> CaseCheck:
+        """Every problem of scene cases, one line each (not a CT, segmentation on another grid, no
+        tumour), and the 0/1/2 label maps of the usable ones."""
+        check = CaseCheck()
+        if not cases:
+            check.problems.append("no cases given")
+        for number, case in enumerate(cases):
+            case = case if isinstance(case, FinetuneCase) else FinetuneCase(*case)
+            name = case.name or (case.volume.GetName() if case.volume is not None else f"case {number + 1}")
+            try:
+                if case.volume is None or case.segmentation is None:
+                    raise LiverTumorError("needs both a CT volume and a segmentation")
+                ct = mrml.volume_from_node(case.volume)
+                label = np.zeros(ct.shape, np.uint8)
+                segmentation = case.segmentation.GetSegmentation()
+                for index in range(segmentation.GetNumberOfSegments()):
+                    segment_id = segmentation.GetNthSegmentID(index)
+                    words = segmentation.GetSegment(segment_id).GetName().lower()
+                    if "liver" in words and not any(w in words for w in TUMOUR_WORDS):
+                        label[mrml.segment_mask(case.segmentation, segment_id, case.volume) & (label == 0)] = LIVER
+                for index in range(segmentation.GetNumberOfSegments()):
+                    segment_id = segmentation.GetNthSegmentID(index)
+                    if any(w in segmentation.GetSegment(segment_id).GetName().lower() for w in TUMOUR_WORDS):
+                        label[mrml.segment_mask(case.segmentation, segment_id, case.volume)] = TUMOUR
+                if not (label == TUMOUR).any():
+                    raise LiverTumorError(
+                        "no tumour: it needs a non-empty segment named like 'Liver tumor' (or lesion, metastasis, "
+                        "cyst, hemangioma)"
+                    )
+                check.labels[name] = (ct, label)
+            except LiverTumorError as error:
+                check.problems.append(f"{name}: {error}")
+        return check
+
+    def start_finetune(
+        self,
+        cases: Sequence[FinetuneCase | tuple] | str | os.PathLike,
+        model: str | None = None,
+        out: str | os.PathLike | None = None,
+        epochs: int | None = None,
+        iterations: int | None = None,
+        device: str = "auto",
+        progress: Progress | None = None,
+    ) -> Job:
+        """Start fine-tuning ``model`` (default: the shipped demo model) on scene cases or a folder; the
+        job's result is the new model folder. Scene cases are checked first and every problem is raised
+        together."""
+        workdir = Path(tempfile.mkdtemp(prefix="livertumor-finetune-"))
+        if isinstance(cases, (str, os.PathLike)):
+            data = Path(cases)
+        else:
+            check = self.check_cases(cases)
+            if check.problems:
+                shutil.rmtree(workdir, ignore_errors=True)
+                raise LiverTumorError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(check.problems))
+            data = workdir / "cases"
+            for number, (ct, label) in enumerate(check.labels.values()):
+                write_volume(ct, data / f"case{number:03d}.nrrd")
+                write_volume(ct.with_array(label), data / f"case{number:03d}_seg.nrrd")
+        arguments = ["finetune", "--data", data, "--progress", "json", "--device", device]
+        arguments += (["--model", model] if model else []) + (["--out", out] if out else [])
+        arguments += (["--epochs", epochs] if epochs else []) + (["--iterations", iterations] if iterations else [])
+        process = LibraryProcess(arguments, _progress_events(progress), self.python).start()
+
+        def finish(done: LibraryProcess) -> Path:
+            saved = [e for e in done.events if e.get("event") == "saved"]
+            if not saved:
+                raise LiverTumorError("fine-tuning ended without saving a model")
+            return Path(saved[-1]["model"])
+
+        return Job(process, finish, workdir)
+
+    def finetune(self, cases, model: str | None = None, out: str | os.PathLike | None = None, **options) -> Path:
+        """Fine-tune (blocking); returns the new model version's folder. The parent model is untouched."""
+        return self.start_finetune(cases, model, out, **options).wait()

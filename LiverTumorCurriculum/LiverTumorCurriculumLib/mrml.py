@@ -1,0 +1,264 @@
+"""MRML nodes <-> ``livertumor`` volumes, segmentations with standard terminology, lesion tables.
+
+Uses only MRML and VTK classes (no ``slicer.app``, ``slicer.modules`` or Qt), so it runs in the Slicer
+application, in ``Slicer --no-main-window`` and in plain Python with ``slicer-core``. Both modules of
+the extension use it.
+
+Geometry: Slicer nodes are RAS, ``livertumor`` is LPS like ITK and DICOM; a node's IJK-to-RAS matrix
+maps onto the grid's spacing, origin and direction by flipping the first two rows. Arrays are (k, j, i)
+= (z, y, x) in both.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import vtk
+from vtk.util import numpy_support
+
+from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError
+from livertumor.volume import Grid, Volume
+
+RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+#: The extension's terminology file: the single source of segment names, codes and colours.
+TERMINOLOGY_FILE = Path(__file__).resolve().parents[2] / "Resources" / "Terminology" / "LiverTumorAI.term.json"
+
+
+def _slicer():
+    import slicer  # the Slicer application's module, or slicer-core's outside it
+
+    return slicer
+
+
+def _ijk_to_ras(node) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def grid_of_node(node) -> Grid:
+    """The voxel grid (LPS) of a volume node."""
+    image = node.GetImageData()
+    if image is None:
+        raise LiverTumorError(f"volume {node.GetName()!r} has no image data")
+    matrix = _ijk_to_ras(node)
+    spacing = np.linalg.norm(matrix[:3, :3], axis=0)
+    direction = RAS_FROM_LPS @ (matrix[:3, :3] / spacing)
+    origin = RAS_FROM_LPS @ matrix[:3, 3]
+    return Grid(tuple(image.GetDimensions()[::-1]), tuple(spacing), tuple(origin), direction)
+
+
+def volume_from_node(node) -> Volume:
+    """A CT volume node as a :class:`Volume` (a copy), refusing what no CT is: several components or
+    fewer than three dimensions."""
+    image = node.GetImageData()
+    name = node.GetName()
+    if image is None:
+        raise LiverTumorError(f"volume {name!r} has no image data")
+    if image.GetNumberOfScalarComponents() != 1:
+        raise DimensionError(
+            f"volume {name!r} has {image.GetNumberOfScalarComponents()} components per voxel: a CT is scalar"
+        )
+    dimensions = image.GetDimensions()
+    if min(dimensions) < 2:
+        raise DimensionError(f"volume {name!r} is {dimensions[0]}x{dimensions[1]}x{dimensions[2]}: a CT is 3D")
+    array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dimensions[::-1]).copy()
+    return Volume(array, grid_of_node(node))
+
+
+def set_node_geometry(node, grid: Grid) -> None:
+    """IJK-to-RAS of ``node`` from an LPS grid."""
+    matrix = np.eye(4)
+    matrix[:3, :3] = RAS_FROM_LPS @ grid.direction * np.asarray(grid.spacing)
+    matrix[:3, 3] = RAS_FROM_LPS @ np.asarray(grid.origin)
+    vtk_matrix = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            vtk_matrix.SetElement(r, c, matrix[r, c])
+    node.SetIJKToRASMatrix(vtk_matrix)
+
+
+def _image_data(array: np.ndarray, image=None):
+    image = image if image is not None else vtk.vtkImageData()
+    array = np.ascontiguousarray(array)
+    image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
+    scalars = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    image.GetPointData().SetScalars(scalars)
+    return image
+
+
+def add_volume_node(scene, volume: Volume, name: str, like=None, class_name: str = "vtkMRMLScalarVolumeNode"):
+    """A new volume node holding ``volume`` (under ``like``'s parent transform, if any)."""
+    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    node.SetAndObserveImageData(_image_data(volume.array))
+    set_node_geometry(node, volume.grid)
+    node.CreateDefaultDisplayNodes()
+    if like is not None and like.GetParentTransformNode() is not None:
+        node.SetAndObserveTransformNodeID(like.GetParentTransformNode().GetID())
+    return node
+
+
+@dataclass(frozen=True)
+class SegmentTerm:
+    """One entry of the terminology file: segment name, colour and the Slicer terminology string."""
+
+    name: str
+    color: tuple[float, float, float]
+    terminology: str
+
+
+def load_terms(path: Path = TERMINOLOGY_FILE) -> dict[str, SegmentTerm]:
+    """Segment terms by key (``liver``, ``tumor``, ``cyst``, ``hemangioma``, ``metastasis``) from the
+    extension's ``.term.json`` (``3dSlicerLabel`` names the segment; ``LiverTumorAIKey`` is our key)."""
+    data = json.loads(Path(path).read_text())
+    context = data["SegmentationCategoryTypeContextName"]
+    terms = {}
+    for category in data["SegmentationCodes"]["Category"]:
+        category_code = f"{category['CodingSchemeDesignator']}^{category['CodeValue']}^{category['CodeMeaning']}"
+        for entry in category["Type"]:
+            type_code = f"{entry['CodingSchemeDesignator']}^{entry['CodeValue']}^{entry['CodeMeaning']}"
+            region = entry.get("anatomicRegion", {})
+            region_code = (
+                f"{region['CodingSchemeDesignator']}^{region['CodeValue']}^{region['CodeMeaning']}" if region else "^^"
+            )
+            anatomic_context = "Anatomic codes - DICOM master list" if region else ""
+            string = f"{context}~{category_code}~{type_code}~^^~{anatomic_context}~{region_code}~^^"
+            color = tuple(c / 255.0 for c in entry["recommendedDisplayRGBValue"])
+            terms[entry["LiverTumorAIKey"]] = SegmentTerm(entry["3dSlicerLabel"], color, string)
+    return terms
+
+
+def add_segmentation_node(scene, reference_node, masks: list[tuple[str, np.ndarray]], name: str):
+    """A new segmentation node on ``reference_node``'s grid with one segment per ``(term key, mask)``;
+    names, colours and terminology from the terminology file. Empty masks give empty segments (the
+    user can draw in them)."""
+    terms = load_terms()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    if reference_node.GetParentTransformNode() is not None:
+        node.SetAndObserveTransformNodeID(reference_node.GetParentTransformNode().GetID())
+    for key, mask in masks:
+        add_segment(node, reference_node, mask, terms[key])
+    return node
+
+
+def apply_term(segment, term: SegmentTerm) -> None:
+    """Name, colour and terminology of a segment from a terminology entry."""
+    segment.SetName(term.name)
+    segment.SetColor(*term.color)
+    segment.SetTerminology(term.terminology)
+
+
+def add_segment(segmentation_node, reference_node, mask: np.ndarray, term: SegmentTerm) -> str:
+    """A new segment holding ``mask`` (on ``reference_node``'s grid); returns its id."""
+    slicer = _slicer()
+    segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", term.name, list(term.color))
+    apply_term(segmentation_node.GetSegmentation().GetSegment(segment_id), term)
+    if mask.any():
+        labelmap = slicer.vtkOrientedImageData()
+        _image_data(mask.astype(np.uint8), labelmap)
+        matrix = vtk.vtkMatrix4x4()
+        reference_node.GetIJKToRASMatrix(matrix)
+        labelmap.SetImageToWorldMatrix(matrix)
+        slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            labelmap, segmentation_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE
+        )
+    return segment_id
+
+
+def segment_mask(segmentation_node, segment_id: str, reference_node) -> np.ndarray:
+    """One segment as a bool array on ``reference_node``'s grid.
+
+    Segments are exported onto the reference grid, so a segmentation drawn on another grid is first
+    checked: its own labelmap geometry must equal the reference's, else :class:`GridMismatchError`."""
+    slicer = _slicer()
+    scene = segmentation_node.GetScene()
+    own = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, own, None) and own.GetImageData() is not None:
+            if own.GetImageData().GetNumberOfPoints() > 0 and not _same_lattice(own, reference_node):
+                raise GridMismatchError(
+                    f"segmentation {segmentation_node.GetName()!r} lies on another voxel grid than volume "
+                    f"{reference_node.GetName()!r}: {grid_of_node(own).describe()} vs "
+                    f"{grid_of_node(reference_node).describe()}; resample it onto the CT first"
+                )
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, exported, reference_node):
+            raise LiverTumorError(f"segment {segment_id!r} of {segmentation_node.GetName()!r} cannot be exported")
+        return volume_from_labelmap(exported) != 0
+    finally:
+        scene.RemoveNode(own)
+        scene.RemoveNode(exported)
+
+
+def _same_lattice(labelmap_node, reference_node) -> bool:
+    """The segment's (effective-extent) labelmap lies on the reference's voxel lattice: same spacing and
+    direction, origin offset by whole voxels."""
+    own, reference = grid_of_node(labelmap_node), grid_of_node(reference_node)
+    if not np.allclose(own.spacing, reference.spacing, rtol=1e-4) or not np.allclose(
+        own.direction, reference.direction, atol=1e-4
+    ):
+        return False
+    offset = reference.physical_to_index(np.asarray(own.origin)[None])[0]
+    return bool(np.allclose(offset, np.round(offset), atol=1e-3))
+
+
+def volume_from_labelmap(node) -> np.ndarray:
+    image = node.GetImageData()
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
+
+
+def lesion_table(scene, measurements, name: str, extra_columns: dict[str, list] | None = None):
+    """A table node: one row per lesion (id, volume mL, longest axial diameter mm, centroid R, A, S mm)
+    plus ``extra_columns`` (name -> one value per lesion)."""
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    columns = {
+        "id": [m.id for m in measurements],
+        "volume (mL)": [round(m.volume_ml, 3) for m in measurements],
+        "longest axial diameter (mm)": [round(m.longest_axial_diameter_mm, 1) for m in measurements],
+    }
+    ras = [RAS_FROM_LPS @ np.asarray(m.centroid_lps_mm) for m in measurements]
+    for axis, label in enumerate("RAS"):
+        columns[f"centroid {label} (mm)"] = [round(float(p[axis]), 2) for p in ras]
+    columns.update(extra_columns or {})
+    vtk_table = table.GetTable()
+    for column, values in columns.items():
+        array = (
+            vtk.vtkIntArray()
+            if column == "id"
+            else (vtk.vtkStringArray() if values and isinstance(values[0], str) else vtk.vtkDoubleArray())
+        )
+        array.SetName(column)
+        for value in values:
+            array.InsertNextValue(value)
+        vtk_table.AddColumn(array)
+    table.Modified()
+    return table
+
+
+def table_rows(table) -> list[dict]:
+    """A table node's rows as dictionaries (column name -> value)."""
+    vtk_table = table.GetTable()
+    names = [vtk_table.GetColumnName(c) for c in range(vtk_table.GetNumberOfColumns())]
+    return [
+        {
+            name: vtk_table.GetValue(row, c).ToString()
+            if vtk_table.GetColumn(c).IsA("vtkStringArray")
+            else vtk_table.GetValue(row, c).ToDouble()
+            for c, name in enumerate(names)
+        }
+        for row in range(vtk_table.GetNumberOfRows())
+    ]
+
+
+def lesion_centre_ras(table, row: int) -> tuple[float, float, float]:
+    """Where to centre the views for a row of a lesion table (RAS mm)."""
+    values = table_rows(table)[row]
+    return tuple(float(values[f"centroid {axis} (mm)"]) for axis in "RAS")

@@ -1,0 +1,174 @@
+"""Running the library out of process: ``PythonSlicer -m livertumor ... --progress json``.
+
+The work (PyTorch) runs in its own process so Slicer's GUI never freezes and a Cancel can end it at
+once: the process starts in a new process group (session) and Cancel ends the whole group, workers
+included. Output lines that are JSON objects are events (progress, results); other lines are kept as
+the log. A reader thread collects lines; :meth:`LibraryProcess.poll` hands them out on the caller's
+thread (Slicer's main thread, from a QTimer), so callbacks may touch the scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from livertumor.errors import LiverTumorError
+
+Event = Callable[[dict], None]
+
+
+class ProcessFailed(LiverTumorError):
+    """The library process ended with an error; the message is its last error line."""
+
+
+class Cancelled(LiverTumorError):
+    """The user cancelled the run."""
+
+
+def library_python() -> str:
+    """The Python that runs the library: ``$LIVERTUMOR_PYTHON``, Slicer's ``PythonSlicer`` beside the
+    running executable or on PATH, else this Python."""
+    override = os.environ.get("LIVERTUMOR_PYTHON")
+    if override:
+        return override
+    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return str(beside)
+    return shutil.which(name) or sys.executable
+
+
+def library_environment() -> dict[str, str]:
+    """This environment with the folder holding ``livertumor`` first on PYTHONPATH (the extension
+    installs it next to the scripted modules, which PythonSlicer does not search by itself)."""
+    import livertumor
+
+    root = str(Path(livertumor.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+class LibraryProcess:
+    """One ``python -m livertumor ARGS`` run with JSON progress, cancellable."""
+
+    def __init__(self, arguments: Sequence[str], on_event: Event | None = None, python: str | None = None) -> None:
+        self.arguments = [str(a) for a in arguments]
+        self.on_event = on_event or (lambda event: None)
+        self.python = python or library_python()
+        self.log: list[str] = []
+        self.events: list[dict] = []
+        self.cancelled = False
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._process: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+
+    @property
+    def command(self) -> list[str]:
+        return [self.python, "-m", "livertumor", *self.arguments]
+
+    def start(self) -> LibraryProcess:
+        kwargs: dict = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
+        else:
+            kwargs["start_new_session"] = True
+        self._process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=library_environment(),
+            **kwargs,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for line in self._process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def poll(self) -> bool:
+        """Hand out the lines that arrived; True once the process has ended and every line is read."""
+        finished = False
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                finished = True
+                break
+            self._handle(line)
+        return finished and self._process is not None and self._process.wait() is not None
+
+    def _handle(self, line: str) -> None:
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                event = None
+            if isinstance(event, dict):
+                self.events.append(event)
+                self.on_event(event)
+                return
+        self.log.append(line)
+
+    def wait(self, poll_seconds: float = 0.05) -> None:
+        """Block until the run ends (handing out events meanwhile); raise if it failed or was cancelled."""
+        while not self.poll():
+            time.sleep(poll_seconds)
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`Cancelled` or :class:`ProcessFailed` for a run that did not succeed."""
+        if self.cancelled:
+            raise Cancelled("cancelled by the user")
+        code = self._process.returncode if self._process else None
+        if code != 0:
+            # The library's own errors are one "livertumor CMD: error: ..." line, possibly with a list below.
+            first = next((i for i, line in enumerate(self.log) if "error:" in line), None)
+            detail = "\n".join(self.log[first:]) if first is not None else "\n".join(self.log[-5:])
+            raise ProcessFailed(
+                f"livertumor {self.arguments[0]} failed (exit {code}): {detail.strip() or '(no output)'}"
+            )
+
+    def cancel(self, grace_seconds: float = 3.0) -> None:
+        """End the whole process tree: terminate, then kill what is left after ``grace_seconds``."""
+        self.cancelled = True
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True)
+            return
+        group = os.getpgid(process.pid)
+        os.killpg(group, signal.SIGTERM)
+        try:
+            process.wait(grace_seconds)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(group, signal.SIGKILL)  # workers that outlived their parent
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None

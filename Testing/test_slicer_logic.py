@@ -1,0 +1,339 @@
+"""The Slicer modules' Logic against real MRML from slicer-core: node <-> volume geometry (LPS-flipped
+and oblique, and against Slicer's own NIfTI reader), segmentation nodes on the CT's grid with standard
+terminology, lesion tables, fine-tuning case checks and runs, out-of-process runs with progress and
+cancel, lesion classification, and the .ui files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import pytest
+from conftest import DIRECTIONS, REPO
+
+for module_dir in ("LiverTumorCurriculum", "LiverLesionClassify"):
+    sys.path.insert(0, str(REPO / module_dir))
+
+slicer = pytest.importorskip("slicer", reason="slicer-core is a test dependency (pip install -e .[test])")
+
+from LiverLesionClassifyLib import LiverLesionClassifyLogic  # noqa: E402
+from LiverTumorCurriculumLib import LiverTumorCurriculumLogic, mrml  # noqa: E402
+from LiverTumorCurriculumLib.process import Cancelled, ProcessFailed  # noqa: E402
+
+from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError  # noqa: E402
+from livertumor.io import read_ct, read_image, read_label  # noqa: E402
+from livertumor.lesions.measure import measure_lesions  # noqa: E402
+from livertumor.phantom import LESION_CLASSES  # noqa: E402
+from livertumor.volume import Grid, Volume  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def segmentation_converters():
+    """What the Slicer application registers at start-up: the segmentation representation converters."""
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+
+
+@pytest.fixture
+def scene():
+    """A real MRML scene with the logics Slicer's modules would attach to it."""
+    scene = slicer.vtkMRMLScene()
+    colors = slicer.vtkMRMLColorLogic()
+    colors.SetMRMLScene(scene)
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLScene(scene)
+    yield scene
+    segmentations.SetMRMLScene(None)
+    colors.SetMRMLScene(None)
+
+
+def _ct(direction: np.ndarray, shape=(6, 7, 8)) -> Volume:
+    rng = np.random.default_rng(0)
+    grid = Grid(shape, (0.7, 0.8, 2.5), (-12.5, 30.0, 7.0), direction)
+    return Volume(rng.integers(-1000, 1000, shape).astype(np.int16), grid)
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_volume_node_round_trip_keeps_geometry(scene, direction):
+    ct = _ct(DIRECTIONS[direction])
+    node = mrml.add_volume_node(scene, ct, "ct")
+    back = mrml.volume_from_node(node)
+    assert np.array_equal(back.array, ct.array) and back.grid.same_as(ct.grid)
+    # RAS in Slicer: the first voxel's centre is the LPS origin with x and y negated
+    ras = [0.0, 0.0, 0.0, 1.0]
+    matrix = mrml._ijk_to_ras(node)
+    assert np.allclose((matrix @ ras)[:3], [-ct.grid.origin[0], -ct.grid.origin[1], ct.grid.origin[2]])
+
+
+def test_slicer_reader_and_library_reader_agree_on_real_nifti(scene, real_data):
+    """The NIfTI stored in RAS (flipped LPS) read by Slicer's own storage node gives our grid."""
+    path = real_data / "totalsegmentator/example_ct.nii.gz"
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "real")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    ours = read_image(path)
+    from_node = mrml.volume_from_node(node)
+    assert from_node.grid.same_as(ours.grid), (from_node.grid.describe(), ours.grid.describe())
+    assert np.array_equal(from_node.array, ours.array)
+
+
+def test_non_scalar_and_2d_volumes_are_refused(scene):
+    import vtk
+
+    vector = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    image = vtk.vtkImageData()
+    image.SetDimensions(4, 4, 4)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 3)
+    vector.SetAndObserveImageData(image)
+    with pytest.raises(DimensionError, match="3 components per voxel"):
+        mrml.volume_from_node(vector)
+    flat = mrml.add_volume_node(
+        scene, Volume(np.zeros((1, 5, 5), np.int16), Grid((1, 5, 5), (1, 1, 1), (0, 0, 0))), "x"
+    )
+    with pytest.raises(DimensionError, match="a CT is 3D"):
+        mrml.volume_from_node(flat)
+
+
+def test_terminology_file_loads_in_slicer_and_names_segments():
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    context = logic.LoadTerminologyFromFile(str(mrml.TERMINOLOGY_FILE))
+    assert context == "LiverTumorAI liver and liver lesions"
+    terms = mrml.load_terms()
+    assert set(terms) == {"liver", "tumor", *LESION_CLASSES}
+    for term in terms.values():
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(term.terminology, entry)
+    entry = slicer.vtkSlicerTerminologyEntry()
+    logic.DeserializeTerminologyEntry(terms["metastasis"].terminology, entry)
+    assert entry.GetTypeObject().GetCodeValue() == "14799000"
+    assert entry.GetRegionObject().GetCodeValue() == "10200004"
+
+
+@pytest.fixture(scope="module")
+def tiny_case(tiny_data):
+    ct = read_ct(tiny_data / "volume-1.nii")
+    return ct, read_label(tiny_data / "segmentation-1.nii", reference=ct.grid)
+
+
+@pytest.fixture(scope="module")
+def multi_lesion_case(tiny_data):
+    """The tiny phantom with the most lesions (at least two): lesion splitting needs several."""
+    from livertumor.lesions.data import lesion_components
+
+    cases = []
+    for number in range(5):
+        ct = read_ct(tiny_data / f"volume-{number}.nii")
+        label = read_label(tiny_data / f"segmentation-{number}.nii", reference=ct.grid)
+        cases.append((lesion_components(label.array == 2)[1], number, ct, label))
+    count, _, ct, label = max(cases, key=lambda c: c[:2])
+    assert count >= 2
+    return ct, label
+
+
+def _labels_in_scene(scene, tiny_case):
+    ct, label = tiny_case
+    volume = mrml.add_volume_node(scene, ct, "volume-1")
+    segmentation = mrml.add_segmentation_node(
+        scene, volume, [("liver", label.array == 1), ("tumor", label.array == 2)], "truth"
+    )
+    return volume, segmentation
+
+
+def test_segmentation_node_lies_on_the_ct_grid(scene, tiny_case):
+    volume, segmentation = _labels_in_scene(scene, tiny_case)
+    _, label = tiny_case
+    ids = [segmentation.GetSegmentation().GetNthSegmentID(i) for i in range(2)]
+    assert [segmentation.GetSegmentation().GetSegment(i).GetName() for i in ids] == ["Liver", "Liver tumor"]
+    assert np.array_equal(mrml.segment_mask(segmentation, ids[1], volume), label.array == 2)
+    assert np.array_equal(mrml.segment_mask(segmentation, ids[0], volume), label.array == 1)
+    colour = segmentation.GetSegmentation().GetSegment(ids[1]).GetColor()
+    assert np.allclose(colour, mrml.load_terms()["tumor"].color)
+
+
+def test_segmentation_on_another_grid_is_refused(scene, tiny_case):
+    ct, label = tiny_case
+    volume = mrml.add_volume_node(scene, ct, "ct")
+    other_grid = Grid(ct.grid.shape, ct.grid.spacing, tuple(np.add(ct.grid.origin, (2.0, 0, 0))), ct.grid.direction)
+    other = mrml.add_volume_node(scene, Volume(ct.array, other_grid), "other")
+    segmentation = mrml.add_segmentation_node(scene, other, [("tumor", label.array == 2)], "elsewhere")
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    with pytest.raises(GridMismatchError, match="another voxel grid"):
+        mrml.segment_mask(segmentation, segment_id, volume)
+
+
+def test_out_of_process_segment_progress_table_and_rerun(scene, tiny_case, tiny_model):
+    import livertumor
+
+    ct, _ = tiny_case
+    volume = mrml.add_volume_node(scene, ct, "volume-1")
+    steps = []
+    logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
+    job = logic.start_segment(volume, model=str(tiny_model), device="cpu", progress=lambda f, m: steps.append(f))
+    result = job.wait()
+    assert steps and steps[-1] == 1.0 and steps == sorted(steps)
+    expected = livertumor.segment(ct, model=tiny_model, device="cpu").labels.array
+    segment_id = result.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
+    assert np.array_equal(mrml.segment_mask(result.segmentation, segment_id, volume), expected == 2)
+    entry = result.segmentation.GetSegmentation().GetSegment(segment_id).GetTerminology()
+    assert "SCT^108369006^Neoplasm" in entry
+    rows = mrml.table_rows(result.table)
+    _, measured = measure_lesions(ct.with_array(expected), label=2)
+    assert [int(r["id"]) for r in rows] == [m.id for m in measured]
+    if rows:
+        assert rows[0]["volume (mL)"] == pytest.approx(measured[0].volume_ml, abs=1e-3)
+        centre = mrml.lesion_centre_ras(result.table, 0)
+        assert centre[0] == pytest.approx(-measured[0].centroid_lps_mm[0], abs=0.01)
+    # the user edits the result; a second run makes a new node and leaves the edited one alone
+    result.segmentation.SetName("edited by me")
+    again = logic.segment(volume, model=str(tiny_model), device="cpu")
+    assert again is not result.segmentation and result.segmentation.GetScene() is scene
+    assert again.GetName() != "edited by me"
+
+
+def test_cancel_ends_the_process_tree_and_leaves_the_scene(scene, tiny_model):
+    from livertumor.phantom import make_phantom
+
+    big = make_phantom(seed=3, shape=(160, 256, 256), spacing_zyx=(1.0, 1.0, 1.0)).ct
+    volume = mrml.add_volume_node(scene, big, "big")
+    nodes_before = scene.GetNumberOfNodes()
+    started = []
+    logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
+    job = logic.start_segment(volume, model=str(tiny_model), device="cpu", progress=lambda f, m: started.append(f))
+    deadline = time.time() + 120
+    while not started and time.time() < deadline and not job.poll():
+        time.sleep(0.05)
+    assert started, job.process.log
+    pid = job.process.pid
+    job.cancel()
+    with pytest.raises(Cancelled):
+        job.wait()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert scene.GetNumberOfNodes() == nodes_before
+    assert not job.workdir.exists()
+
+
+def test_corrupt_model_fails_with_the_checksum_message(scene, tiny_case, tiny_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    weights = broken / "tumour.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"01234567")
+    volume = mrml.add_volume_node(scene, tiny_case[0], "ct")
+    nodes_before = scene.GetNumberOfNodes()
+    with pytest.raises(ProcessFailed, match="fails its checksum"):
+        LiverTumorCurriculumLogic(scene, python=sys.executable).segment(volume, model=str(broken), device="cpu")
+    assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_finetune_cases_are_checked_and_every_problem_listed(scene, tiny_case):
+    volume, segmentation = _labels_in_scene(scene, tiny_case)
+    label = tiny_case[1]
+    empty = mrml.add_segmentation_node(scene, volume, [("liver", label.array == 1)], "liver only")
+    flat = mrml.add_volume_node(
+        scene, Volume(np.zeros((1, 4, 4), np.int16), Grid((1, 4, 4), (1, 1, 1), (0, 0, 0))), "2d"
+    )
+    logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
+    check = logic.check_cases([(volume, segmentation), (volume, empty), (flat, segmentation)])
+    assert list(check.labels) == ["volume-1"]
+    assert np.array_equal(check.labels["volume-1"][1], label.array)
+    assert len(check.problems) == 2
+    assert "no tumour" in check.problems[0] and "a CT is 3D" in check.problems[1]
+    with pytest.raises(LiverTumorError, match="cannot be used"):
+        logic.start_finetune([(volume, empty)], model="unused")
+
+
+def test_finetune_from_scene_makes_a_new_model_version(scene, tiny_data, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    cases = []
+    for number in (0, 1, 2):
+        ct = read_ct(tiny_data / f"volume-{number}.nii")
+        label = read_label(tiny_data / f"segmentation-{number}.nii", reference=ct.grid)
+        volume = mrml.add_volume_node(scene, ct, f"case {number}")
+        masks = [("liver", label.array == 1), ("tumor", label.array == 2)]
+        cases.append((volume, mrml.add_segmentation_node(scene, volume, masks, f"case {number} truth")))
+    events = []
+    logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
+    out = logic.finetune(
+        cases,
+        model=str(tiny_model),
+        out=tmp_path / "tuned",
+        epochs=3,
+        iterations=1,
+        device="cpu",
+        progress=lambda f, m: events.append(m),
+    )
+    card = json.loads((out / "card.json").read_text())
+    assert out == tmp_path / "tuned" and card["parent"] == "tiny:1" and card["validation_before"]
+    assert any("validation Dice" in message for message in events)
+
+
+@pytest.fixture(scope="module")
+def lesion_model(tiny_data, tmp_path_factory):
+    from livertumor.lesions.model import SliceConfig
+    from livertumor.lesions.networks import SEResNetConfig
+    from livertumor.lesions.training import LesionTrainConfig, train_lesion_model
+
+    encoder = SEResNetConfig(widths=(8, 16, 32, 64), stem_width=8, blocks=(1, 1, 1, 1))
+    config = LesionTrainConfig(framework="joint", encoder=encoder, slices=SliceConfig(size=64), epochs=1, device="cpu")
+    out = tmp_path_factory.mktemp("lesion") / "model"
+    train_lesion_model(tiny_data, config, out, folds=0, name="tiny-lesions")
+    return out
+
+
+def test_classify_segments_table_override_and_export(scene, multi_lesion_case, lesion_model, tmp_path):
+    volume, segmentation = _labels_in_scene(scene, multi_lesion_case)
+    _, label = multi_lesion_case
+    logic = LiverLesionClassifyLogic(scene, python=sys.executable)
+    table = logic.classify(volume, segmentation, model=str(lesion_model), device="cpu")
+    rows = mrml.table_rows(table)
+    _, measured = measure_lesions(label, label=2)
+    assert len(rows) == len(measured) >= 2
+    names = {segmentation.GetSegmentation().GetSegment(r["segment"]).GetName() for r in rows}
+    assert all(re.fullmatch(r"Liver (cyst|hemangioma|metastasis) \d+", name) for name in names)
+    for row in rows:
+        assert sum(row[f"p({c})"] for c in LESION_CLASSES) == pytest.approx(1.0, abs=1e-3)
+    # the voxels of the split lesions are exactly the tumour segment's
+    union = np.zeros(label.shape, bool)
+    for row in rows:
+        union |= mrml.segment_mask(segmentation, row["segment"], volume)
+    assert np.array_equal(union, label.array == 2)
+    logic.set_class(segmentation, table, 0, "hemangioma")
+    segment = segmentation.GetSegmentation().GetSegment(rows[0]["segment"])
+    assert segment.GetName().startswith("Liver hemangioma") and "400210000" in segment.GetTerminology()
+    assert mrml.table_rows(table)[0]["class"] == "hemangioma"
+    with pytest.raises(LiverTumorError, match="unknown class"):
+        logic.set_class(segmentation, table, 0, "adenoma")
+    logic.export(table, tmp_path / "lesions.json", tmp_path / "lesions.csv")
+    assert json.loads((tmp_path / "lesions.json").read_text())["lesions"][0]["class"] == "hemangioma"
+    assert (tmp_path / "lesions.csv").read_text().splitlines()[0].startswith("id,")
+
+
+def test_classify_refuses_a_segmentation_without_lesions(scene, tiny_case, lesion_model):
+    ct, label = tiny_case
+    volume = mrml.add_volume_node(scene, ct, "ct")
+    liver_only = mrml.add_segmentation_node(scene, volume, [("liver", label.array == 1)], "liver only")
+    with pytest.raises(LiverTumorError, match="no lesion segment"):
+        LiverLesionClassifyLogic(scene).start_classify(volume, liver_only, model=str(lesion_model))
+
+
+@pytest.mark.parametrize("module", ["LiverTumorCurriculum", "LiverLesionClassify"])
+def test_every_widget_the_code_uses_exists_in_the_ui_file(module):
+    ui = REPO / module / "Resources" / "UI" / f"{module}.ui"
+    names = {w.get("name") for w in ElementTree.parse(ui).iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", (REPO / module / f"{module}.py").read_text()))
+    assert used, "the widget uses no .ui names: the test would prove nothing"
+    assert used <= names, f"{module}.py uses widgets missing from {ui.name}: {sorted(used - names)}"
+    # parameterNodeWrapper bindings name widgets too (SlicerParameterName dynamic properties)
+    bound = {
+        p.find("string").text for p in ElementTree.parse(ui).iter("property") if p.get("name") == "SlicerParameterName"
+    }
+    assert bound, f"{ui.name} binds no widget to the parameter node"
