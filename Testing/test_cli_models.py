@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from conftest import TINY_SETTINGS
 from test_cli import run
 
@@ -149,3 +150,21 @@ def test_models_command_lists_registry(tiny_model, tmp_path):
     result = run("models", "--json")
     assert result.returncode == 0
     assert isinstance(json.loads(result.stdout), list)
+
+
+def test_import_model_verifies_and_never_overwrites(tiny_model, tmp_path, monkeypatch):
+    from livertumor.models import ModelChecksumError, ModelExistsError, import_model, list_models
+
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    target = import_model(tiny_model)
+    assert target == tmp_path / "home" / "models" / "tiny-1" and (target / "card.json").is_file()
+    assert any(e.path == target and e.source == "user" for e in list_models())
+    with pytest.raises(ModelExistsError):
+        import_model(tiny_model)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "tumour.safetensors").write_bytes(b"not weights")
+    shutil.rmtree(target)
+    with pytest.raises(ModelChecksumError):
+        import_model(broken)
+    assert not target.exists()

@@ -201,3 +201,17 @@ def test_label_on_another_grid_is_refused(tmp_path):
     write_volume(Volume.from_array(np.zeros((4, 5, 6), np.uint8), (1.0, 1.0, 2.5)), tmp_path / "seg.nii")
     with pytest.raises(GridMismatchError, match="not on the same voxel grid"):
         read_label(tmp_path / "seg.nii", reference=image)
+
+
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from livertumor.io import write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        write_text_atomic(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644

@@ -206,7 +206,9 @@ def test_classify_lesions_of_a_ct(lesion_data, joint_model):
     case = next(c for c in sorted(lesion_data.glob("volume-*")) if c.name != "volume-0.nii")
     ct = read_ct(case)
     label = read_label(case.with_name(case.name.replace("volume", "segmentation")), reference=ct.grid)
-    results = classify_lesions(ct, label, model=joint_model, device="cpu")
+    import livertumor
+
+    results = livertumor.classify_lesions(ct, label, model=joint_model, device="cpu")
     _, count = lesion_components(label.array == 2)
     assert [r.id for r in results] == list(range(1, count + 1))
     for result in results:

@@ -125,7 +125,7 @@ def tiny_case(tiny_data):
 @pytest.fixture(scope="module")
 def multi_lesion_case(tiny_data):
     """The tiny phantom with the most lesions (at least two): lesion splitting needs several."""
-    from livertumor.lesions.data import lesion_components
+    from livertumor.lesions.measure import lesion_components
 
     cases = []
     for number in range(5):
@@ -337,3 +337,36 @@ def test_every_widget_the_code_uses_exists_in_the_ui_file(module):
         p.find("string").text for p in ElementTree.parse(ui).iter("property") if p.get("name") == "SlicerParameterName"
     }
     assert bound, f"{ui.name} binds no widget to the parameter node"
+
+
+def test_sample_data_segmentation_loads_on_its_ct(scene):
+    """The Sample Data phantom: Slicer's storage nodes read the CT and its .seg.nrrd on one grid."""
+    sample = REPO / "LiverTumorCurriculum" / "Resources" / "SampleData"
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "phantom")
+    reader = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    reader.SetFileName(str(sample / "LiverTumorPhantom.nrrd"))
+    assert reader.ReadData(volume)
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "truth")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(sample / "LiverTumorPhantom.seg.nrrd"))
+    assert storage.ReadData(segmentation)
+    tumour = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
+    mask = mrml.segment_mask(segmentation, tumour, volume)
+    assert mask.any() and mask.shape == mrml.volume_from_node(volume).shape
+    assert "108369006" in segmentation.GetSegmentation().GetSegment(tumour).GetTerminology()
+
+
+def test_logic_packages_import_without_qt_or_the_application():
+    import subprocess
+
+    code = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
+        "import LiverTumorCurriculumLib, LiverLesionClassifyLib; "
+        "assert not {'qt', 'torch'} & set(sys.modules), sorted({'qt', 'torch'} & set(sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClassify")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr

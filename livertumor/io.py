@@ -254,6 +254,14 @@ def write_volume(volume: Volume, path: str | os.PathLike, compress: bool | None 
     return path
 
 
+def ordinary_permissions(path: Path) -> None:
+    """Give a file made by ``mkstemp`` / a folder made by ``mkdtemp`` (both private) the permissions a
+    plain ``open()`` / ``mkdir()`` would, so shared installs can read what we write."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path beside ``path`` (same ending) to write to; renamed to ``path`` when the block ends
@@ -264,6 +272,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(temporary)
+        ordinary_permissions(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import LiverTumorError
+from .io import ordinary_permissions
 from .networks import ResUNet3d, ResUNetConfig
 from .preprocess import PreprocessConfig, mask_box
 from .volume import Grid
@@ -135,6 +136,7 @@ def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], car
             save_file(state, str(staging / file), metadata={"role": role, "format": card.to_json()["format"]})
             card.weights[role] = {"file": file, "sha256": sha256_of(staging / file)}
         (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=1))
+        ordinary_permissions(staging)
         os.rename(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -317,6 +319,28 @@ def resolve_model(model: str | os.PathLike | None, default: str = DEFAULT_MODEL)
         known = ", ".join(sorted({f"{e.name}:{e.version}" for e in list_models()})) or "none"
         raise ModelFileError(f"no model folder or registered model {model!r} (registered: {known})")
     return max(candidates, key=lambda e: _version_key(e.version)).path
+
+
+def import_model(folder: str | os.PathLike) -> Path:
+    """Copy a model folder (either kind) into the user's models after verifying every checksum; an
+    existing ``NAME-VERSION`` folder there is refused, never overwritten."""
+    source = Path(folder)
+    card = read_card(source)
+    read_verified_weights(source, card)
+    target = user_models_dir() / f"{card.name}-{card.version}"
+    if target.exists():
+        raise ModelExistsError(f"{target} exists; models are never overwritten")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        for entry in [CARD_NAME, *(e["file"] for e in card.weights.values())]:
+            shutil.copy2(source / entry, staging / entry)
+        ordinary_permissions(staging)
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def next_version(name: str, parent_version: str) -> str:

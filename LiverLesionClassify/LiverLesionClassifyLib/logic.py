@@ -30,7 +30,7 @@ from LiverTumorCurriculumLib.process import LibraryProcess
 
 from livertumor.errors import LiverTumorError
 from livertumor.io import write_json, write_text_atomic, write_volume
-from livertumor.lesions.data import lesion_components
+from livertumor.lesions.measure import lesion_components
 from livertumor.phantom import LESION_CLASSES
 
 SEGMENT_ATTRIBUTE = "LiverTumorAI.lesionId"

@@ -19,12 +19,16 @@ import numpy as np
 import vtk
 from vtk.util import numpy_support
 
+import livertumor
 from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError
 from livertumor.volume import Grid, Volume
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
-#: The extension's terminology file: the single source of segment names, codes and colours.
-TERMINOLOGY_FILE = Path(__file__).resolve().parents[2] / "Resources" / "Terminology" / "LiverTumorAI.term.json"
+#: The extension's terminology file: the single source of segment names, codes and colours. It lies in
+#: Resources/ beside the ``livertumor`` package, in the source tree and in the installed extension alike.
+TERMINOLOGY_FILE = (
+    Path(livertumor.__file__).resolve().parents[1] / "Resources" / "Terminology" / "LiverTumorAI.term.json"
+)
 
 
 def _slicer():

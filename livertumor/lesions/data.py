@@ -28,6 +28,7 @@ from ..io import read_ct, read_label, volume_suffix
 from ..phantom import LESION_CLASSES
 from ..preprocess import window_hu
 from ..volume import Volume
+from .measure import lesion_components
 from .model import JOINT_OFFSET, SliceConfig
 
 TUMOUR, LIVER = 2, 1
@@ -120,11 +121,6 @@ def resize(planes: np.ndarray, size: int, labels: bool) -> np.ndarray:
         return out[:, 0].numpy().astype(np.uint8)
     out = torch.nn.functional.interpolate(tensor, size=(size, size), mode="bilinear", antialias=True)
     return out[:, 0].numpy().astype(np.float32)
-
-
-def lesion_components(tumour: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected lesion components (ids 1..N), as ``metrics`` and ``measure_lesions`` count them."""
-    return ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
 
 
 def lesion_planes(component: np.ndarray, neighbours: int) -> list[int]:

@@ -26,6 +26,11 @@ class LesionMeasurement:
         return asdict(self)
 
 
+def lesion_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """26-connected lesion components (ids 1..N, scan order), as ``metrics`` counts them."""
+    return ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+
+
 def _longest_in_plane(points: np.ndarray) -> float:
     """Largest distance between 2D points (mm), through their convex hull when there are many."""
     if len(points) > 3:
@@ -46,7 +51,7 @@ def measure_lesions(mask: Volume, label: int | None = None) -> tuple[np.ndarray,
     lesion measures one voxel), over all slices of the lesion.
     """
     binary = mask.array == label if label is not None else mask.array != 0
-    ids, _ = ndimage.label(binary, structure=np.ones((3, 3, 3), bool))
+    ids, _ = lesion_components(binary)
     spacing_x, spacing_y = mask.spacing[0], mask.spacing[1]
     results = []
     for number, box in enumerate(ndimage.find_objects(ids), start=1):

@@ -1,0 +1,157 @@
+"""LiverLesionClassify: classify each liver lesion of a segmentation as cyst, hemangioma or metastasis.
+
+The widget is thin (a .ui file bound to a parameter node); LiverLesionClassifyLib holds the Logic, and
+the ``livertumor`` library runs out of process.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import qt
+import slicer
+from LiverLesionClassifyLib import LiverLesionClassifyLogic
+from LiverTumorCurriculumLib import dependencies, mrml
+from LiverTumorCurriculumLib.widgetbase import JobWidgetMixin
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+
+class LiverLesionClassify(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Liver Lesion Classify"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["LiverTumorCurriculum"]
+        self.parent.contributors = ["LiverTumorAI contributors"]
+        self.parent.helpText = (
+            "Classify each liver lesion (a segment, or each connected component of a tumour segment) as cyst, "
+            "hemangioma or metastasis with a 2D U-Net with SE-ResNet encoder (joint pixel-wise classification, "
+            "majority vote). Research use only, not for diagnosis."
+        )
+        self.parent.acknowledgementText = (
+            "Method: Heker and Greenspan, joint liver lesion segmentation and classification."
+        )
+
+
+@parameterNodeWrapper
+class LiverLesionClassifyParameterNode:
+    inputVolume: vtkMRMLScalarVolumeNode
+    inputSegmentation: vtkMRMLSegmentationNode
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+
+
+class LiverLesionClassifyParameterLogic(ScriptedLoadableModuleLogic):
+    """Only the parameter node; the work is LiverLesionClassifyLogic's."""
+
+    def getParameterNode(self):
+        return LiverLesionClassifyParameterNode(super().getParameterNode())
+
+
+class LiverLesionClassifyWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.initJobs()
+        self.table = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/LiverLesionClassify.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = LiverLesionClassifyLogic()
+        self.parameterLogic = LiverLesionClassifyParameterLogic()
+        self.connectScene()
+        self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
+        self.ui.overrideButton.connect("clicked(bool)", self.onOverride)
+        self.ui.exportJsonButton.connect("clicked(bool)", lambda: self.onExport("json"))
+        self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport("csv"))
+        self.refreshModels()
+        self.initializeParameterNode()
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        parameters = self._parameterNode
+        ready = bool(parameters and parameters.inputVolume and parameters.inputSegmentation)
+        self.ui.classifyButton.enabled = ready and self.job is None
+        self.ui.cancelButton.enabled = self.job is not None
+        for button in (self.ui.overrideButton, self.ui.exportJsonButton, self.ui.exportCsvButton):
+            button.enabled = self.table is not None
+
+    def refreshModels(self) -> None:
+        self.ui.modelSelector.clear()
+        if dependencies.missing():
+            self.ui.modelSelector.addItem("demo-lesions (default)", "")
+            return
+        from livertumor.models import list_models
+
+        for entry in list_models():
+            if entry.kind == "lesion" and entry.method != "seg":
+                self.ui.modelSelector.addItem(f"{entry.name}:{entry.version} ({entry.method})", str(entry.path))
+
+    def onClassify(self) -> None:
+        if not self.dependenciesReady():
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Classification could not start.", waitCursor=True):
+            job = self.logic.start_classify(
+                parameters.inputVolume,
+                parameters.inputSegmentation,
+                model=self.ui.modelSelector.currentData or None,
+                device=parameters.device,
+                progress=self.showProgress,
+            )
+            self.startJob(job, "classifying...")
+
+    def onJobFinished(self, job) -> None:
+        self.table = job.result
+        self.ui.classTableView.setMRMLTableNode(self.table)
+        self.ui.statusLabel.text = f"{len(mrml.table_rows(self.table))} lesions classified"
+
+    def onOverride(self) -> None:
+        rows = self.ui.classTableView.selectedMRMLTableRowIndexes()
+        if not rows:
+            self.ui.statusLabel.text = "Select a lesion row first."
+            return
+        with slicer.util.tryWithErrorDisplay("The class could not be set."):
+            self.logic.set_class(
+                self._parameterNode.inputSegmentation, self.table, rows[0], self.ui.overrideSelector.currentText
+            )
+
+    def onExport(self, kind: str) -> None:
+        path = qt.QFileDialog.getSaveFileName(None, f"Export lesion classes ({kind.upper()})", "", f"*.{kind}")
+        if path:
+            with slicer.util.tryWithErrorDisplay("Export failed."):
+                self.logic.export(self.table, **{f"{kind}_path": path})
+
+
+class LiverLesionClassifyTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer: segment the phantom sample data with the demo segmenter, classify with the demo
+    classifier."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_classify_phantom_lesions()
+
+    def test_classify_phantom_lesions(self):
+        from LiverTumorCurriculum import SAMPLE_FILE, SAMPLE_LABELS
+
+        volume = slicer.util.loadVolume(str(SAMPLE_FILE))
+        segmentation = slicer.util.loadSegmentation(str(SAMPLE_LABELS))
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName() for i in range(2)]
+        self.assertIn("Liver tumor", names)
+        table = LiverLesionClassifyLogic().classify(volume, segmentation, device="cpu")
+        rows = mrml.table_rows(table)
+        self.assertTrue(rows)
+        self.assertTrue(all(row["class"] in ("cyst", "hemangioma", "metastasis") for row in rows))
