@@ -1,0 +1,142 @@
+"""Render the user guide's pictures headless from a real MRML scene (slicer-core, VTK offscreen):
+
+    python docs/make_screenshots.py [--model demo-curriculum] [--lesion-model demo-lesions]
+
+Loads the Sample Data phantom and its truth segmentation with Slicer's storage nodes, runs both modules'
+Logic exactly as the GUI does (out of process), and writes into docs/screenshots/:
+* ``segmentation.png``: the axial slice with the most tumour, the segments the model made as contours;
+* ``classification.png``: the truth lesions classified by the lesion model, coloured by class;
+* ``3d.png``: the classified segmentation's closed surfaces (VTK offscreen render);
+* ``lesion-table.png``: the lesion table node as the module shows it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClassify")]
+
+import numpy as np  # noqa: E402
+import slicer  # noqa: E402
+import vtk  # noqa: E402
+from LiverLesionClassifyLib import LiverLesionClassifyLogic  # noqa: E402
+from LiverTumorCurriculumLib import LiverTumorCurriculumLogic, mrml  # noqa: E402
+
+from livertumor.plotting import pyplot, save_figure  # noqa: E402
+
+SAMPLE = REPO / "LiverTumorCurriculum" / "Resources" / "SampleData"
+OUT = REPO / "docs" / "screenshots"
+
+
+def load(scene):
+    volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "LiverTumorPhantom")
+    reader = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    reader.SetFileName(str(SAMPLE / "LiverTumorPhantom.nrrd"))
+    reader.ReadData(volume)
+    truth = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "truth")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(SAMPLE / "LiverTumorPhantom.seg.nrrd"))
+    storage.ReadData(truth)
+    return volume, truth
+
+
+def segments(segmentation, volume):
+    result = []
+    for index in range(segmentation.GetSegmentation().GetNumberOfSegments()):
+        segment_id = segmentation.GetSegmentation().GetNthSegmentID(index)
+        segment = segmentation.GetSegmentation().GetSegment(segment_id)
+        result.append((segment.GetName(), segment.GetColor(), mrml.segment_mask(segmentation, segment_id, volume)))
+    return result
+
+
+def slice_picture(volume, segmentation, title: str, path: Path) -> None:
+    plt = pyplot()
+    ct = mrml.volume_from_node(volume)
+    parts = segments(segmentation, volume)
+    lesions = sum((mask for name, _, mask in parts if name != "Liver"), np.zeros(ct.shape, bool))
+    index = int(np.argmax(lesions.reshape(ct.shape[0], -1).sum(1)))
+    figure, axis = plt.subplots(figsize=(5, 5))
+    axis.imshow(ct.array[index][::-1, ::-1], cmap="gray", vmin=-160, vmax=240)  # radiological view: RAS display
+    for name, color, mask in parts:
+        if mask[index].any():
+            axis.contour(mask[index][::-1, ::-1].astype(float), levels=[0.5], colors=[color], linewidths=1.2)
+            axis.plot([], [], color=color, label=name)
+    axis.legend(loc="lower left", fontsize=7, framealpha=0.7)
+    axis.set_title(f"{title}\naxial slice {index}", fontsize=9)
+    axis.axis("off")
+    save_figure(figure, path)
+
+
+def surface_picture(segmentation, path: Path) -> None:
+    segmentation.CreateClosedSurfaceRepresentation()
+    renderer = vtk.vtkRenderer()
+    renderer.SetBackground(0.1, 0.1, 0.15)
+    for index in range(segmentation.GetSegmentation().GetNumberOfSegments()):
+        segment_id = segmentation.GetSegmentation().GetNthSegmentID(index)
+        surface = vtk.vtkPolyData()
+        segmentation.GetClosedSurfaceRepresentation(segment_id, surface)
+        mapper = vtk.vtkPolyDataMapper()
+        mapper.SetInputData(surface)
+        actor = vtk.vtkActor()
+        actor.SetMapper(mapper)
+        segment = segmentation.GetSegmentation().GetSegment(segment_id)
+        actor.GetProperty().SetColor(*segment.GetColor())
+        actor.GetProperty().SetOpacity(0.25 if segment.GetName() == "Liver" else 1.0)
+        renderer.AddActor(actor)
+    window = vtk.vtkRenderWindow()
+    window.SetOffScreenRendering(1)
+    window.SetSize(600, 450)
+    window.AddRenderer(renderer)
+    camera = renderer.GetActiveCamera()
+    camera.SetPosition(0, -1, 0.4)  # anterior view, slightly from above
+    camera.SetViewUp(0, 0, 1)
+    renderer.ResetCamera()
+    window.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    writer = vtk.vtkPNGWriter()
+    writer.SetFileName(str(path))
+    writer.SetInputConnection(grab.GetOutputPort())
+    writer.Write()
+
+
+def table_picture(table, path: Path) -> None:
+    plt = pyplot()
+    rows = mrml.table_rows(table)
+    columns = [c for c in rows[0] if c != "segment"]
+    cells = [[f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
+    figure, axis = plt.subplots(figsize=(1.1 * len(columns), 0.35 * (len(rows) + 1) + 0.3))
+    axis.axis("off")
+    grid = axis.table(cellText=cells, colLabels=columns, loc="center")
+    grid.auto_set_font_size(False)
+    grid.set_fontsize(7)
+    save_figure(figure, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model")
+    parser.add_argument("--lesion-model")
+    args = parser.parse_args()
+    factory = slicer.vtkSegmentationConverterFactory.GetInstance()
+    factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
+    factory.RegisterConverterRule(slicer.vtkClosedSurfaceToBinaryLabelmapConversionRule())
+    scene = slicer.vtkMRMLScene()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    volume, truth = load(scene)
+    OUT.mkdir(parents=True, exist_ok=True)
+    result = LiverTumorCurriculumLogic(scene).start_segment(volume, args.model, "cpu").wait()
+    slice_picture(volume, result.segmentation, "LiverTumorCurriculum: demo model on the phantom", OUT / "segmentation.png")
+    table = LiverLesionClassifyLogic(scene).classify(volume, truth, args.lesion_model, "cpu")
+    slice_picture(volume, truth, "LiverLesionClassify: phantom lesions by class", OUT / "classification.png")
+    surface_picture(truth, OUT / "3d.png")
+    table_picture(table, OUT / "lesion-table.png")
+    print(f"wrote {sorted(p.name for p in OUT.glob('*.png'))}")
+
+
+if __name__ == "__main__":
+    main()
