@@ -234,40 +234,18 @@ def test_classify_bad_input(lesion_data, joint_model):
         classify_lesions(ct, shifted, model=joint_model, device="cpu")
 
 
+def _classify_cli(data, model, report, lesions="segmentation-1.nii"):
+    return run("classify", data / "volume-1.nii", "--lesions", data / lesions, "--model", model, "-o", report)
+
+
 def test_cli_classify_and_train_lesions(lesion_data, joint_model, tmp_path):
     report = tmp_path / "report.json"
-    result = run(
-        "classify",
-        str(lesion_data / "volume-1.nii"),
-        "--lesions",
-        str(lesion_data / "segmentation-1.nii"),
-        "--model",
-        str(joint_model),
-        "--device",
-        "cpu",
-        "-o",
-        str(report),
-    )
+    result = _classify_cli(lesion_data, joint_model, report)
     assert result.returncode == 0, result.stderr
     lesions = json.loads(report.read_text())["lesions"]
-    assert lesions and {
-        "id",
-        "class",
-        "probabilities",
-        "volume_ml",
-        "longest_axial_diameter_mm",
-        "centroid_lps_mm",
-    } <= set(lesions[0])
-    again = run(
-        "classify",
-        str(lesion_data / "volume-1.nii"),
-        "--lesions",
-        str(lesion_data / "segmentation-1.nii"),
-        "--model",
-        str(joint_model),
-        "-o",
-        str(report),
-    )
+    keys = {"id", "class", "probabilities", "volume_ml", "longest_axial_diameter_mm", "centroid_lps_mm"}
+    assert lesions and keys <= set(lesions[0])
+    again = _classify_cli(lesion_data, joint_model, report)
     assert again.returncode == 2 and "exists" in again.stderr
     config = tmp_path / "settings.json"
     config.write_text(json.dumps({"encoder": SMALL_ENCODER.to_dict(), "slices": {"size": 64}, "device": "cpu"}))
@@ -291,16 +269,7 @@ def test_cli_classify_and_train_lesions(lesion_data, joint_model, tmp_path):
     assert trained.returncode == 0, trained.stderr
     card = json.loads((tmp_path / "seg" / "card.json").read_text())
     assert card["format"] == "livertumor-lesion-model/1" and card["framework"] == "seg"
-    seg_only = run(
-        "classify",
-        lesion_data / "volume-1.nii",
-        "--lesions",
-        lesion_data / "segmentation-1.nii",
-        "--model",
-        tmp_path / "seg",
-        "-o",
-        tmp_path / "r2.json",
-    )
+    seg_only = _classify_cli(lesion_data, tmp_path / "seg", tmp_path / "r2.json")
     assert seg_only.returncode == 2 and "cannot classify" in seg_only.stderr
     assert not (tmp_path / "r2.json").exists()
 
@@ -308,16 +277,7 @@ def test_cli_classify_and_train_lesions(lesion_data, joint_model, tmp_path):
 def test_lesion_mask_file_on_another_grid_is_refused_by_the_cli(lesion_data, joint_model, tmp_path):
     label = read_label(lesion_data / "segmentation-1.nii")
     write_volume(_moved(label, (0.0, 0.0, 9.0)), tmp_path / "moved.nii.gz")
-    result = run(
-        "classify",
-        str(lesion_data / "volume-1.nii"),
-        "--lesions",
-        str(tmp_path / "moved.nii.gz"),
-        "--model",
-        str(joint_model),
-        "-o",
-        str(tmp_path / "r.json"),
-    )
+    result = _classify_cli(lesion_data, joint_model, tmp_path / "r.json", lesions=tmp_path / "moved.nii.gz")
     assert result.returncode == 2 and "grid" in result.stderr.lower()
     assert not (tmp_path / "r.json").exists()
 

@@ -273,6 +273,8 @@ def test_finetune_from_scene_makes_a_new_model_version(scene, tiny_data, tiny_mo
     )
     card = json.loads((out / "card.json").read_text())
     assert out == tmp_path / "tuned" and card["parent"] == "tiny:1" and card["validation_before"]
+    used = card["training_data"]["train_cases"] + card["training_data"]["validation_cases"]
+    assert sorted(used) == ["000-case_0", "001-case_1", "002-case_2"]
     assert any("validation Dice" in message for message in events)
 
 

@@ -130,7 +130,9 @@ def main() -> None:
     volume, truth = load(scene)
     OUT.mkdir(parents=True, exist_ok=True)
     result = LiverTumorCurriculumLogic(scene).start_segment(volume, args.model, "cpu").wait()
-    slice_picture(volume, result.segmentation, "LiverTumorCurriculum: demo model on the phantom", OUT / "segmentation.png")
+    slice_picture(
+        volume, result.segmentation, "LiverTumorCurriculum: demo model on the phantom", OUT / "segmentation.png"
+    )
     table = LiverLesionClassifyLogic(scene).classify(volume, truth, args.lesion_model, "cpu")
     slice_picture(volume, truth, "LiverLesionClassify: phantom lesions by class", OUT / "classification.png")
     surface_picture(truth, OUT / "3d.png")

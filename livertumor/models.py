@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,6 +119,21 @@ class ModelCard:
         return self.schema
 
 
+@contextmanager
+def _staged_folder(directory: Path) -> Iterator[Path]:
+    """A temporary folder beside ``directory`` to fill; renamed to it when the block succeeds (so the
+    folder appears complete or not at all), removed otherwise."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        yield staging
+        ordinary_permissions(staging)
+        os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], card: ModelCard | LesionModelCard) -> Path:
     """Write a new model folder: weights (safetensors) and the card (either kind) with their sha256.
 
@@ -126,9 +143,7 @@ def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], car
     directory = Path(directory)
     if directory.exists():
         raise ModelExistsError(f"{directory} exists; models are never overwritten: choose a new folder")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with _staged_folder(directory) as staging:
         card.weights = {}
         for role, network in networks.items():
             file = f"{role}.safetensors"
@@ -136,11 +151,6 @@ def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], car
             save_file(state, str(staging / file), metadata={"role": role, "format": card.to_json()["format"]})
             card.weights[role] = {"file": file, "sha256": sha256_of(staging / file)}
         (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=1))
-        ordinary_permissions(staging)
-        os.rename(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return directory
 
 
@@ -330,16 +340,9 @@ def import_model(folder: str | os.PathLike) -> Path:
     target = user_models_dir() / f"{card.name}-{card.version}"
     if target.exists():
         raise ModelExistsError(f"{target} exists; models are never overwritten")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with _staged_folder(target) as staging:
         for entry in [CARD_NAME, *(e["file"] for e in card.weights.values())]:
             shutil.copy2(source / entry, staging / entry)
-        ordinary_permissions(staging)
-        os.rename(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 

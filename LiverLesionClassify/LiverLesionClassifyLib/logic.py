@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from LiverTumorCurriculumLib import mrml
-from LiverTumorCurriculumLib.logic import LIVER, TUMOUR, TUMOUR_WORDS, Job, Progress, _progress_events
+from LiverTumorCurriculumLib.logic import LIVER, TUMOUR, TUMOUR_WORDS, Job, Progress, SceneLogic, progress_events
 from LiverTumorCurriculumLib.process import LibraryProcess
 
 from livertumor.errors import LiverTumorError
@@ -36,20 +36,8 @@ from livertumor.phantom import LESION_CLASSES
 SEGMENT_ATTRIBUTE = "LiverTumorAI.lesionId"
 
 
-class LiverLesionClassifyLogic:
+class LiverLesionClassifyLogic(SceneLogic):
     """Per-lesion classification on MRML nodes (see the module docstring)."""
-
-    def __init__(self, scene=None, python: str | None = None) -> None:
-        self._scene = scene
-        self.python = python
-
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
 
     @staticmethod
     def lesion_segment_ids(segmentation_node) -> list[str]:
@@ -106,7 +94,7 @@ class LiverLesionClassifyLogic:
             workdir / "report.json",
         ]
         arguments += ["--device", device, "--progress", "json"] + (["--model", model] if model else [])
-        process = LibraryProcess(arguments, _progress_events(progress), self.python).start()
+        process = LibraryProcess(arguments, progress_events(progress), self.python).start()
 
         def finish(_: LibraryProcess) -> Any:
             report = json.loads((workdir / "report.json").read_text())

@@ -78,7 +78,7 @@ class Job:
         return self.result
 
 
-def _progress_events(progress: Progress | None) -> Callable[[dict], None]:
+def progress_events(progress: Progress | None) -> Callable[[dict], None]:
     def on_event(event: dict) -> None:
         if progress is None:
             return
@@ -123,8 +123,9 @@ class CaseCheck:
     labels: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
 
 
-class LiverTumorCurriculumLogic:
-    """Liver tumour segmentation and fine-tuning on MRML nodes (see the module docstring)."""
+class SceneLogic:
+    """A Logic bound to a scene (default: the application's ``slicer.mrmlScene``, looked up when used)
+    that runs the library with ``python`` (default: PythonSlicer, see ``process.library_python``)."""
 
     def __init__(self, scene=None, python: str | None = None) -> None:
         self._scene = scene
@@ -137,6 +138,10 @@ class LiverTumorCurriculumLogic:
         import slicer
 
         return slicer.mrmlScene
+
+
+class LiverTumorCurriculumLogic(SceneLogic):
+    """Liver tumour segmentation and fine-tuning on MRML nodes (see the module docstring)."""
 
     # ---- segmentation -------------------------------------------------------------------------------
     def start_segment(
@@ -158,7 +163,7 @@ class LiverTumorCurriculumLogic:
         arguments += ["--overlap", OVERLAP[quality], "--progress", "json"]
         arguments += ["--model", model] if model else []
         arguments += ["--probabilities"] if probabilities else []
-        process = LibraryProcess(arguments, _progress_events(progress), self.python).start()
+        process = LibraryProcess(arguments, progress_events(progress), self.python).start()
 
         def finish(_: LibraryProcess) -> SegmentationResult:
             return self._add_result(volume_node, ct.grid, workdir, probabilities)
@@ -198,6 +203,8 @@ class LiverTumorCurriculumLogic:
         for number, case in enumerate(cases):
             case = case if isinstance(case, FinetuneCase) else FinetuneCase(*case)
             name = case.name or (case.volume.GetName() if case.volume is not None else f"case {number + 1}")
+            if name in check.labels:  # two cases on one CT, or same-named nodes: keep both
+                name = f"{name} ({number + 1})"
             try:
                 if case.volume is None or case.segmentation is None:
                     raise LiverTumorError("needs both a CT volume and a segmentation")
@@ -245,13 +252,15 @@ class LiverTumorCurriculumLogic:
                 shutil.rmtree(workdir, ignore_errors=True)
                 raise LiverTumorError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(check.problems))
             data = workdir / "cases"
-            for number, (ct, label) in enumerate(check.labels.values()):
-                write_volume(ct, data / f"case{number:03d}.nrrd")
-                write_volume(ct.with_array(label), data / f"case{number:03d}_seg.nrrd")
+            for number, (name, (ct, label)) in enumerate(check.labels.items()):
+                # the node's name, so the new model's card lists the cases it learnt from
+                stem = f"{number:03d}-" + "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+                write_volume(ct, data / f"{stem}.nrrd")
+                write_volume(ct.with_array(label), data / f"{stem}_seg.nrrd")
         arguments = ["finetune", "--data", data, "--progress", "json", "--device", device]
         arguments += (["--model", model] if model else []) + (["--out", out] if out else [])
         arguments += (["--epochs", epochs] if epochs else []) + (["--iterations", iterations] if iterations else [])
-        process = LibraryProcess(arguments, _progress_events(progress), self.python).start()
+        process = LibraryProcess(arguments, progress_events(progress), self.python).start()
 
         def finish(done: LibraryProcess) -> Path:
             saved = [e for e in done.events if e.get("event") == "saved"]
