@@ -45,3 +45,17 @@ def test_edited_shipped_card_fails_the_manifest(tmp_path, monkeypatch):
     card_path.write_text(json.dumps(card))
     with pytest.raises(ModelChecksumError, match="differs from the shipped manifest"):
         load_model(None)
+
+
+def test_demo_classifier_is_registered_honest_and_classifies_by_default():
+    from livertumor.lesions.classify import classify_lesions
+    from livertumor.lesions.model import DEFAULT_LESION_MODEL, load_lesion_model
+
+    shipped = {e.name: e for e in list_models() if e.source == "shipped"}
+    assert shipped[DEFAULT_LESION_MODEL].kind == "lesion"
+    card = load_lesion_model(None).card
+    assert card.framework == "joint" and "phantom" in card.notes.lower() and "not for" in card.intended_use.lower()
+    assert {"accuracy", "dice", "recall", "confusion"} <= set(card.validation)
+    phantom = make_phantom(5, (48, 128, 128), (3.0, 1.6, 1.6), lesion_count=2)
+    results = classify_lesions(phantom.ct, phantom.label, device="cpu")  # liver from the 0/1/2 map
+    assert len(results) >= 1 and all(r.lesion_class in card.classes for r in results)
