@@ -141,6 +141,8 @@ def test_demo_writes_overlay_and_metrics(tiny_model, tmp_path):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert set(metrics["aggregate"]) >= {"dc", "dg", "recall"}
     assert (tmp_path / "demo" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    lesions = json.loads((tmp_path / "demo" / "lesions.json").read_text())["lesions"]
+    assert lesions and "lesion classes (" in result.stdout
     truth = read_label(tmp_path / "demo" / "truth.nii.gz")
     assert read_label(tmp_path / "demo" / "prediction.nii.gz").grid.same_as(truth.grid)
     assert np.any(truth.array == 2)

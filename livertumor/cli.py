@@ -316,7 +316,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    summary = run_demo(args.out, seed=args.seed, model=args.model, device=args.device)
+    summary = run_demo(args.out, seed=args.seed, model=args.model, device=args.device, lesion_model=args.lesion_model)
     print(summary)
     return 0
 
@@ -593,12 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="segment a synthetic CT with the shipped demo model and show the result",
-        description="Makes a phantom CT, segments it with the demo model, prints the LiTS metrics and writes "
-        "the CT, the truth, the prediction and an overlay PNG to OUT.",
+        description="Makes a phantom CT, segments it with the demo model, prints the LiTS metrics, classifies "
+        "its true lesions with the demo classifier, and writes the CT, the truth, the prediction, the lesion report "
+        "and an overlay PNG to OUT.",
     )
     demo.add_argument("--out", type=Path, default=Path("livertumor-demo"), help="output folder (livertumor-demo)")
     demo.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
     demo.add_argument("--model", help="model (default: the demo model)")
+    demo.add_argument("--lesion-model", help="lesion classifier (default: the demo classifier)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     demo.set_defaults(run=cmd_demo)
     return parser

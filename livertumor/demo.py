@@ -11,7 +11,7 @@ from .evaluation import Evaluation
 from .inference import segment
 from .io import write_json, write_volume
 from .metrics import evaluate_pair
-from .phantom import make_phantom
+from .phantom import LESION_CLASSES, make_phantom
 from .plotting import pyplot, save_figure
 
 
@@ -34,8 +34,15 @@ def overlay_png(ct: np.ndarray, truth: np.ndarray, prediction: np.ndarray, spaci
     return index
 
 
-def run_demo(out: str | os.PathLike, seed: int = 7, model: str | None = None, device: str = "auto") -> str:
-    """Make, segment and score one phantom; write everything to ``out``; return the printed summary."""
+def run_demo(
+    out: str | os.PathLike,
+    seed: int = 7,
+    model: str | None = None,
+    device: str = "auto",
+    lesion_model: str | None = None,
+) -> str:
+    """Make, segment and score one phantom, classify its lesions; write everything to ``out``; return the
+    printed summary."""
     out = Path(out)
     phantom = make_phantom(seed)
     write_volume(phantom.ct, out / "ct.nii.gz")
@@ -54,8 +61,33 @@ def run_demo(out: str | os.PathLike, seed: int = 7, model: str | None = None, de
         f"{result.model_name} on phantom seed {seed}",
     )
     kinds = ", ".join(f"{lesion.kind} {lesion.diameter_mm:.0f} mm" for lesion in phantom.lesions) or "none"
+    classes = _classify_true_lesions(phantom, out, lesion_model, device)
     return (
         f"phantom CT {phantom.ct.shape[::-1]} voxels, lesions: {kinds}\n"
-        f"model: {result.model_name}\n{evaluation.table()}\n"
-        f"wrote {out}/ct.nii.gz, truth.nii.gz, prediction.nii.gz, metrics.json, overlay.png (slice {slice_index})"
+        f"model: {result.model_name}\n{evaluation.table()}\n{classes}\n"
+        f"wrote {out}/ct.nii.gz, truth.nii.gz, prediction.nii.gz, metrics.json, lesions.json, overlay.png "
+        f"(slice {slice_index})"
     )
+
+
+def _classify_true_lesions(phantom, out: Path, model: str | None, device: str) -> str:
+    """The lesion classifier on the phantom's true lesions (liver box from the true label map), beside
+    the kind each lesion was drawn as."""
+    if not (phantom.label.array == 2).any():
+        return "lesion classes: the phantom has no lesion"
+    from .lesions.classify import classify_lesions, write_report
+    from .lesions.measure import lesion_components
+
+    results = classify_lesions(phantom.ct, phantom.label, model=model, device=device)
+    ids, _ = lesion_components(phantom.label.array == 2)
+    lines, right = [], 0
+    for result in results:
+        drawn = np.bincount(phantom.lesion_class.array[ids == result.id]).argmax()
+        truth = LESION_CLASSES[drawn - 1] if drawn > 0 else "?"
+        right += truth == result.lesion_class
+        lines.append(
+            f"  lesion {result.id}: {result.lesion_class:<10} (drawn as {truth}), "
+            f"{result.measurement.longest_axial_diameter_mm:.0f} mm"
+        )
+    write_report(results, out / "lesions.json", model or "default", "phantom")
+    return f"lesion classes ({right} of {len(results)} right):\n" + "\n".join(lines)
