@@ -255,3 +255,37 @@ def test_mask_box_adds_margin_in_mm_and_clips():
     assert mask_box(mask, (2.0, 1.0, 1.0), 3.0) == (slice(2, 8), slice(2, 11), slice(7, 15))
     assert mask_box(mask, (1.0, 1.0, 1.0), 50.0) == (slice(0, 10), slice(0, 20), slice(0, 20))
     assert mask_box(np.zeros((2, 3, 4), bool), (1, 1, 1), 5.0) == (slice(0, 2), slice(0, 3), slice(0, 4))
+
+
+def test_joint_three_class_network_learns_liver_as_context(tiny_data, tmp_path):
+    """classes 3: targets are the 0/1/2 map, the card asks to keep tumour in the liver, segment gives both."""
+    from livertumor.datasets import find_cases
+    from livertumor.inference import segment
+    from livertumor.io import read_ct
+    from livertumor.training import split_cases
+
+    settings = json.loads(json.dumps(TINY_SETTINGS))
+    settings["architecture"]["classes"] = 3
+    settings["tumour_in_liver"] = True
+    train, validation = split_cases(find_cases(tiny_data), 0.4, 0)
+    result = train_model(train, validation, TrainConfig.from_json(settings), tmp_path / "joint", name="joint")
+    card = json.loads((tmp_path / "joint" / "card.json").read_text())
+    assert card["architecture"]["classes"] == 3 and card["tumour_in_liver"] is True
+    assert {"dg", "dc"} <= set(result.validation)
+    labels = segment(read_ct(tiny_data / "volume-1.nii"), model=tmp_path / "joint", device="cpu").labels.array
+    assert set(np.unique(labels)) <= {0, 1, 2}
+    with pytest.raises(ValueError, match="2 classes each"):
+        train_model(train, validation, TrainConfig.from_json({**settings, "schema": "cascade"}), tmp_path / "c")
+
+
+def test_tumour_outside_the_largest_liver_component_is_dropped():
+    from livertumor.inference import drop_tumour_outside_liver
+
+    labels = np.zeros((6, 12, 12), np.uint8)
+    labels[1:5, 1:6, 1:6] = 1
+    labels[2:4, 2:4, 4:7] = 2  # in and beyond the liver's edge: kept
+    labels[2:4, 8:11, 8:11] = 1  # a stray "liver" blob in the fat...
+    labels[2:4, 9:10, 9:10] = 2  # ...with a "tumour" in it: both dropped
+    removed = drop_tumour_outside_liver(labels)
+    assert removed.sum() == 2 and labels[2:4, 8:11, 8:11].max() == 0
+    assert (labels == 2).sum() == 12 and (labels == 1).sum() == 100 - 8

@@ -117,6 +117,22 @@ def sliding_window(
     return accumulated
 
 
+def drop_tumour_outside_liver(labels: np.ndarray) -> np.ndarray:
+    """Keep only the liver: the largest 26-connected component of liver-or-tumour; tumour and liver
+    elsewhere are set to background (a liver tumour lies in or on the one liver). Returns the removed
+    tumour mask. Used when the model segments the liver too and its card asks for it."""
+    from .lesions.measure import lesion_components
+
+    ids, count = lesion_components(labels >= LIVER)
+    if count < 2:
+        return np.zeros(labels.shape, bool)
+    largest = np.argmax(np.bincount(ids.ravel())[1:]) + 1
+    outside = (ids > 0) & (ids != largest)
+    removed = outside & (labels == TUMOUR)
+    labels[outside] = 0
+    return removed
+
+
 @dataclass(frozen=True)
 class Segmentation:
     """What ``segment`` returns: labels (0 background, 1 liver where the model gives it, 2 tumour) and,
@@ -184,6 +200,8 @@ def segment(
                 labels[region][classes == LIVER] = LIVER
             tumour[region] = result[channel]
             labels[region][classes == channel] = TUMOUR
+    if loaded.card.tumour_in_liver and (labels == LIVER).any():
+        tumour[drop_tumour_outside_liver(labels)] = 0.0
     report(0.9, "mapping back onto the input grid")
     on_input = restore_to_grid(prepared.with_array(labels), ct.grid, is_label=True)
     probability = None

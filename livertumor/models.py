@@ -80,6 +80,8 @@ class ModelCard:
     weights: dict[str, dict] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=lambda: {"0": "background", "1": "liver", "2": "tumour"})
     liver_margin_mm: float = 10.0
+    #: Models that segment the liver too: drop tumour components touching no liver voxel.
+    tumour_in_liver: bool = False
     training_data: dict = field(default_factory=dict)
     validation: dict = field(default_factory=dict)
     #: A fine-tuned model's parent scored on the same validation cases before fine-tuning.

@@ -42,7 +42,7 @@ from .data import (
 )
 from .datasets import Case
 from .errors import LiverTumorError
-from .inference import resolve_device, sliding_window
+from .inference import drop_tumour_outside_liver, resolve_device, sliding_window
 from .io import atomic_path
 from .losses import weighted_dice_loss
 from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, metrics_from_stats
@@ -85,6 +85,10 @@ class TrainConfig:
     device: str = "auto"
     validation_overlap: float = 0.25
     liver_margin_mm: float = 10.0
+    #: Three-class (joint) networks: keep only tumour in the largest liver component (LiTS-style
+    #: post-processing), in validation and, through the card, in ``segment``. Opt-in: it needs a liver
+    #: prediction good enough that its largest component is the liver.
+    tumour_in_liver: bool = False
 
     def __post_init__(self) -> None:
         if self.schema not in SCHEMAS:
@@ -337,7 +341,10 @@ class Trainer:
                 1,
                 self.device,
             )
-            prediction = probabilities.argmax(0) == foreground_channel(self.task)
+            classes = probabilities.argmax(0).astype(np.uint8)
+            if self.task == "joint" and self.config.tumour_in_liver:
+                drop_tumour_outside_liver(classes)
+            prediction = classes == foreground_channel(self.task)
             truth = case.scored(self.task)
             spacing = case.grid.spacing_zyx
             stats.append(mask_stats(prediction, truth, spacing))
@@ -484,6 +491,7 @@ def train_model(
         schema=config.schema,
         stages=[{"kind": k, "epochs": e, "learning_rate": lr} for k, e, lr in config.stage_plan()],
         liver_margin_mm=config.liver_margin_mm,
+        tumour_in_liver=config.tumour_in_liver and config.architecture.classes == 3,
         training_data={
             "train_cases": [c.name for c in train],
             "validation_cases": [c.name for c in validation],
