@@ -54,7 +54,16 @@ def main() -> None:
     rows = []
     for schema in args.schemas:
         epochs = args.epochs // 2 if schema == "cascade" else args.epochs
-        config = replace(base, schema=schema, epochs=epochs, stage_epochs=None, iterations_per_epoch=args.iterations)
+        # Tumour-only networks as in the paper (the cascade's two networks have two classes each).
+        architecture = replace(base.architecture, classes=2)
+        config = replace(
+            base,
+            schema=schema,
+            architecture=architecture,
+            epochs=epochs,
+            stage_epochs=None,
+            iterations_per_epoch=args.iterations,
+        )
         model = args.out / f"model-{schema}"
         started = time.perf_counter()
         if not model.exists():
