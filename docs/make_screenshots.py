@@ -1,4 +1,4 @@
-"""Render the user guide's pictures headless from a real MRML scene (slicer-core, VTK offscreen):
+"""Render the user guide's pictures headless from a real MRML scene (slicer-core):
 
     python docs/make_screenshots.py [--model demo-curriculum] [--lesion-model demo-lesions]
 
@@ -6,7 +6,6 @@ Loads the Sample Data phantom and its truth segmentation with Slicer's storage n
 Logic exactly as the GUI does (out of process), and writes into docs/screenshots/:
 * ``segmentation.png``: the axial slice with the most tumour, the segments the model made as contours;
 * ``classification.png``: the truth lesions classified by the lesion model, coloured by class;
-* ``3d.png``: the classified segmentation's closed surfaces (VTK offscreen render);
 * ``lesion-table.png``: the lesion table node as the module shows it.
 """
 
@@ -21,7 +20,6 @@ sys.path[:0] = [str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClass
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
-import vtk  # noqa: E402
 from LiverLesionClassifyLib import LiverLesionClassifyLogic  # noqa: E402
 from LiverTumorCurriculumLib import LiverTumorCurriculumLogic, mrml  # noqa: E402
 
@@ -70,39 +68,6 @@ def slice_picture(volume, segmentation, title: str, path: Path) -> None:
     save_figure(figure, path)
 
 
-def surface_picture(segmentation, path: Path) -> None:
-    segmentation.CreateClosedSurfaceRepresentation()
-    renderer = vtk.vtkRenderer()
-    renderer.SetBackground(0.1, 0.1, 0.15)
-    for index in range(segmentation.GetSegmentation().GetNumberOfSegments()):
-        segment_id = segmentation.GetSegmentation().GetNthSegmentID(index)
-        surface = vtk.vtkPolyData()
-        segmentation.GetClosedSurfaceRepresentation(segment_id, surface)
-        mapper = vtk.vtkPolyDataMapper()
-        mapper.SetInputData(surface)
-        actor = vtk.vtkActor()
-        actor.SetMapper(mapper)
-        segment = segmentation.GetSegmentation().GetSegment(segment_id)
-        actor.GetProperty().SetColor(*segment.GetColor())
-        actor.GetProperty().SetOpacity(0.25 if segment.GetName() == "Liver" else 1.0)
-        renderer.AddActor(actor)
-    window = vtk.vtkRenderWindow()
-    window.SetOffScreenRendering(1)
-    window.SetSize(600, 450)
-    window.AddRenderer(renderer)
-    camera = renderer.GetActiveCamera()
-    camera.SetPosition(0, -1, 0.4)  # anterior view, slightly from above
-    camera.SetViewUp(0, 0, 1)
-    renderer.ResetCamera()
-    window.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    writer = vtk.vtkPNGWriter()
-    writer.SetFileName(str(path))
-    writer.SetInputConnection(grab.GetOutputPort())
-    writer.Write()
-
-
 def table_picture(table, path: Path) -> None:
     plt = pyplot()
     rows = mrml.table_rows(table)
@@ -135,7 +100,6 @@ def main() -> None:
     )
     table = LiverLesionClassifyLogic(scene).classify(volume, truth, args.lesion_model, "cpu")
     slice_picture(volume, truth, "LiverLesionClassify: phantom lesions by class", OUT / "classification.png")
-    surface_picture(truth, OUT / "3d.png")
     table_picture(table, OUT / "lesion-table.png")
     print(f"wrote {sorted(p.name for p in OUT.glob('*.png'))}")
 
