@@ -295,3 +295,27 @@ def test_class_maps_are_found_beside_label_maps(tmp_path):
     assert class_map_path(case) == tmp_path / "a_classes.nii.gz"
     (tmp_path / "a_classes.nii.gz").unlink()
     assert class_map_path(case) is None
+
+
+def test_liver_box_from_the_cards_liver_model(lesion_data, tiny_data, slices, tmp_path):
+    """A lesion mask without liver: the liver comes from running the segmentation model the lesion
+    model's card names (a three-class curriculum network trained here)."""
+    from conftest import TINY_SETTINGS
+
+    from livertumor.datasets import find_cases
+    from livertumor.lesions.model import LesionModelCard
+    from livertumor.training import TrainConfig, split_cases, train_model
+
+    settings = json.loads(json.dumps(TINY_SETTINGS))
+    settings["architecture"]["classes"] = 3
+    settings["stage_epochs"], settings["iterations_per_epoch"] = [2, 1, 2], 4
+    train, validation = split_cases(find_cases(tiny_data), 0.4, 0)
+    train_model(train, validation, TrainConfig.from_json(settings), tmp_path / "liver-model", name="liver")
+    network = build_network("joint", SMALL_ENCODER, 3)
+    card = LesionModelCard("with-liver", "1", "joint", SMALL_ENCODER, SLICES, liver_model=str(tmp_path / "liver-model"))
+    save_model(tmp_path / "lesions", {"lesion": network}, card)
+    ct = read_ct(lesion_data / "volume-1.nii")
+    label = read_label(lesion_data / "segmentation-1.nii", reference=ct.grid)
+    only_tumour = label.with_array((label.array == 2).astype(np.uint8))
+    results = classify_lesions(ct, only_tumour, model=tmp_path / "lesions", device="cpu")
+    assert [r.id for r in results] == list(range(1, lesion_components(label.array == 2)[1] + 1))
