@@ -307,7 +307,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     print(f"shipped: {shipped_models_dir()}\nuser:    {user_models_dir()}")
     for entry in entries:
-        print(f"  {entry.name}:{entry.version:<10} {entry.kind:<12} {entry.method:<15} {entry.source:<8} {entry.path}")
+        label = f"{entry.name}:{entry.version}"
+        print(f"  {label:<28} {entry.kind:<12} {entry.method:<15} {entry.source:<8} {entry.path}")
     if not entries:
         print("  (no models found)")
     return 0
