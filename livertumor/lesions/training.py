@@ -213,7 +213,7 @@ def predict_slices(
     (the pixels that vote in the joint framework)."""
     network.eval()
     device = next(network.parameters()).device
-    probabilities, masks, votes = [], [], []
+    probabilities, masks, votes, winners = [], [], [], []
     for first in range(0, len(images), batch):
         image = torch.from_numpy(images[first : first + batch])[:, None].to(device)
         output = network(image)
@@ -224,25 +224,25 @@ def predict_slices(
         if framework == "ynet":
             probabilities.append(torch.softmax(output[1], 1).cpu().numpy())
         pixel = torch.softmax(segmentation, 1).cpu().numpy()
-        if framework == "joint":
-            masks.append(pixel.argmax(1) >= JOINT_OFFSET)
-            lesion_part = pixel[:, JOINT_OFFSET:]
-            for sample, own in zip(range(len(pixel)), lesion[first : first + batch].astype(bool)):
-                pixel_classes = np.where(masks[-1][sample], pixel[sample].argmax(0) - JOINT_OFFSET, -1)
-                winner, counts = majority_vote(pixel_classes, own, classes)
-                mean = lesion_part[sample][:, own].mean(1) if own.any() else lesion_part[sample].mean((1, 2))
-                mean = mean / max(mean.sum(), 1e-12)
-                votes.append(counts)
-                probabilities.append((mean, winner))
-        else:
+        if framework != "joint":
             masks.append(pixel.argmax(1) == 1)
+            continue
+        masks.append(pixel.argmax(1) >= JOINT_OFFSET)
+        for sample, own in enumerate(lesion[first : first + batch].astype(bool)):
+            pixel_classes = np.where(masks[-1][sample], pixel[sample].argmax(0) - JOINT_OFFSET, -1)
+            winner, counts = majority_vote(pixel_classes, own, classes)
+            lesion_part = pixel[sample, JOINT_OFFSET:]
+            mean = lesion_part[:, own].mean(1) if own.any() else lesion_part.mean((1, 2))
+            mean = mean / max(mean.sum(), 1e-12)
+            votes.append(counts)
+            probabilities.append(mean[None])
+            # A lesion no pixel voted for takes the arg-max of its mean class probabilities.
+            winners.append(winner if winner >= 0 else int(mean.argmax()))
     lesion_mask = np.concatenate(masks) if masks else None
     if framework == "seg":
         return SlicePredictions(None, None, lesion_mask)
     if framework == "joint":
-        mean = np.stack([p for p, _ in probabilities])
-        winners = np.asarray([w if w >= 0 else int(p.argmax()) for p, w in probabilities])
-        return SlicePredictions(mean, winners, lesion_mask, np.stack(votes))
+        return SlicePredictions(np.concatenate(probabilities), np.asarray(winners), lesion_mask, np.stack(votes))
     stacked = np.concatenate(probabilities)
     return SlicePredictions(stacked, stacked.argmax(1), lesion_mask)
 
