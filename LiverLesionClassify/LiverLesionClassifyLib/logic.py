@@ -108,8 +108,6 @@ class LiverLesionClassifyLogic(SceneLogic):
 
     def _apply(self, volume_node, segmentation_node, masks: dict[str, np.ndarray], tumour: np.ndarray, report: dict):
         """One classified segment per lesion component; the table of classes and measurements."""
-        from livertumor.lesions.measure import LesionMeasurement
-
         ids, _ = lesion_components(tumour)
         lesions = {entry["id"]: entry for entry in report["lesions"]}
         segmentation = segmentation_node.GetSegmentation()
@@ -132,16 +130,7 @@ class LiverLesionClassifyLogic(SceneLogic):
                 rows["class"].append(entry["class"])
                 for name in LESION_CLASSES:
                     rows[f"p({name})"].append(float(entry["probabilities"].get(name, 0.0)))
-                measurements.append(
-                    LesionMeasurement(
-                        int(component),
-                        entry["voxels"],
-                        entry["volume_ml"],
-                        entry["longest_axial_diameter_mm"],
-                        tuple(entry["centroid_lps_mm"]),
-                        (0.0, 0.0, 0.0),
-                    )
-                )
+                measurements.append(entry)
             if split:
                 segmentation.RemoveSegment(segment_id)
         _number_segments(segmentation_node, rows["segment"])

@@ -184,7 +184,7 @@ class LiverTumorCurriculumLogic(SceneLogic):
         name = f"{volume_node.GetName()} liver tumors"
         segmentation = mrml.add_segmentation_node(self.scene, volume_node, masks, name)
         _, measurements = measure_lesions(labels, label=TUMOUR)
-        table = mrml.lesion_table(self.scene, measurements, f"{volume_node.GetName()} lesions")
+        table = mrml.lesion_table(self.scene, [m.to_json() for m in measurements], f"{volume_node.GetName()} lesions")
         probability = None
         if probabilities:
             volume = read_image(workdir / "ct_tumour_probability.nrrd")

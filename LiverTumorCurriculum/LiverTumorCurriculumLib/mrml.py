@@ -219,16 +219,17 @@ def volume_from_labelmap(node) -> np.ndarray:
     return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
 
 
-def lesion_table(scene, measurements, name: str, extra_columns: dict[str, list] | None = None):
+def lesion_table(scene, lesions: list[dict], name: str, extra_columns: dict[str, list] | None = None):
     """A table node: one row per lesion (id, volume mL, longest axial diameter mm, centroid R, A, S mm)
-    plus ``extra_columns`` (name -> one value per lesion)."""
+    plus ``extra_columns`` (name -> one value per lesion). ``lesions`` hold the keys of
+    ``LesionMeasurement.to_json()``, as ``livertumor classify`` reports them too."""
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     columns = {
-        "id": [m.id for m in measurements],
-        "volume (mL)": [round(m.volume_ml, 3) for m in measurements],
-        "longest axial diameter (mm)": [round(m.longest_axial_diameter_mm, 1) for m in measurements],
+        "id": [int(m["id"]) for m in lesions],
+        "volume (mL)": [round(m["volume_ml"], 3) for m in lesions],
+        "longest axial diameter (mm)": [round(m["longest_axial_diameter_mm"], 1) for m in lesions],
     }
-    ras = [RAS_FROM_LPS @ np.asarray(m.centroid_lps_mm) for m in measurements]
+    ras = [RAS_FROM_LPS @ np.asarray(m["centroid_lps_mm"]) for m in lesions]
     for axis, label in enumerate("RAS"):
         columns[f"centroid {label} (mm)"] = [round(float(p[axis]), 2) for p in ras]
     columns.update(extra_columns or {})
