@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
+
+import pytest
 
 
 def run(*args, cwd=None):
@@ -41,3 +44,10 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path):
 def test_help_explains_options():
     result = run("phantom", "--help")
     assert result.returncode == 0 and "--spacing Z Y X" in result.stdout and "slice thickness first" in result.stdout
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the allocator setting is glibc's mallopt")
+def test_command_processes_keep_freed_memory_for_reuse():
+    # In a child process: the setting is process-wide and belongs to the command's own processes.
+    code = "from livertumor.memory import keep_freed_memory; raise SystemExit(0 if keep_freed_memory() else 1)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

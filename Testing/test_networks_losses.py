@@ -20,7 +20,8 @@ def test_paper_layout_widths_blocks_and_cost():
     assert net.head[-1].out_channels == 2
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    # With autograd on, the standard convolutions run: the counter does not see the oneDNN inference path.
+    with FlopCounterMode(display=False) as counter:
         net(torch.zeros(1, 1, 16, 64, 64))
     # ~221 GFLOP per 64x256x256 volume, i.e. 221e9 / 64 for this 1/64 volume
     assert counter.get_total_flops() * 64 == pytest.approx(221e9, rel=0.01)
@@ -102,3 +103,38 @@ def test_head_starts_at_the_foreground_prior_or_zero():
     assert torch.softmax(prior.head[-1].bias, 0)[1].item() == pytest.approx(0.05)
     plain = ResUNet3d(ResUNetConfig(widths=(4, 8), encoder_blocks=(1,), decoder_blocks=(1,), foreground_prior=None))
     assert torch.equal(plain.head[-1].bias, torch.zeros(2))
+
+
+def _randomised(config: ResUNetConfig) -> ResUNet3d:
+    """A network whose norms are not the identity, so the inference path's norm arithmetic shows."""
+    torch.manual_seed(3)
+    network = ResUNet3d(config).eval()
+    for module in network.modules():
+        if isinstance(module, torch.nn.InstanceNorm3d):
+            torch.nn.init.uniform_(module.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(module.bias, -0.3, 0.3)
+    return network
+
+
+@pytest.mark.parametrize("shape", [(16, 24, 40), (8, 16, 16)])
+def test_cpu_inference_path_equals_pytorchs_own(shape):
+    # Without autograd the CPU path runs oneDNN in channels-last layout with its own instance norm and
+    # in-place additions; with autograd PyTorch's modules run. Both must give the same logits.
+    network = _randomised(ResUNetConfig(widths=(4, 8, 16), encoder_blocks=(2, 1), decoder_blocks=(1, 2)))
+    image = torch.randn(1, 1, *shape) * 50 + 20
+    reference = network(image).detach()
+    with torch.no_grad():
+        fast = network(image)
+    assert fast.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(fast, reference, atol=1e-4, rtol=1e-4)
+    assert not torch.equal(reference, torch.zeros_like(reference))
+
+
+def test_channels_last_norm_statistics_on_sizes_that_do_not_fold_evenly():
+    from livertumor.networks import _channels_last_mean_var
+
+    values = torch.randn(2, 3, 5, 7, 9, dtype=torch.float32) * 4 + 100
+    values = values.to(memory_format=torch.channels_last_3d)
+    mean, var = _channels_last_mean_var(values)
+    assert torch.allclose(mean, values.mean(dim=(2, 3, 4)), atol=1e-4)
+    assert torch.allclose(var, values.var(dim=(2, 3, 4), correction=0), rtol=1e-4)

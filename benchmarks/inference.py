@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from livertumor.inference import autocast_context, resolve_device, segment, sliding_window
+from livertumor.memory import keep_freed_memory
 from livertumor.models import ModelCard, save_model
 from livertumor.networks import ResUNet3d, ResUNetConfig
 from livertumor.phantom import make_phantom
@@ -39,7 +40,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--glibc-default", action="store_true", help="leave malloc's defaults as they are")
     args = parser.parse_args()
+    # As the `livertumor` command does: see livertumor/memory.py (--glibc-default measures without).
+    if not args.glibc_default:
+        keep_freed_memory()
     device = resolve_device(args.device)
     torch.manual_seed(0)
     network = ResUNet3d(ResUNetConfig()).to(device).eval()

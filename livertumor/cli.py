@@ -16,6 +16,7 @@ import numpy as np
 
 from . import __version__
 from .errors import LiverTumorError
+from .memory import keep_freed_memory
 
 
 def _progress_bar(total: int, description: str):
@@ -608,8 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``livertumor`` command; returns the exit status."""
+    """Entry point of the ``livertumor`` command; returns the exit status. Run as the process's own
+    command (``argv`` None), it also keeps freed memory for reuse (:func:`memory.keep_freed_memory`)."""
     args = build_parser().parse_args(argv)
+    if argv is None:
+        keep_freed_memory()
     try:
         return args.run(args)
     except (LiverTumorError, FileExistsError) as error:
