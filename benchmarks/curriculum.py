@@ -24,6 +24,7 @@ from livertumor.datasets import find_cases
 from livertumor.evaluation import Evaluation
 from livertumor.inference import segment
 from livertumor.io import read_ct, read_label
+from livertumor.memory import keep_freed_memory
 from livertumor.metrics import evaluate_pair
 from livertumor.phantom import write_phantom_dataset
 from livertumor.training import SCHEMAS, TrainConfig, split_cases, train_model
@@ -44,6 +45,7 @@ def main() -> None:
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS))
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
     args = parser.parse_args()
+    keep_freed_memory()  # as the livertumor command does
     base = TrainConfig.from_json(json.loads(args.config.read_text()))
     data, test = args.out / "train", args.out / "test"
     if not data.exists():

@@ -62,21 +62,19 @@ class InstanceNorm3d(nn.InstanceNorm3d):
 
 
 class Conv3d(nn.Conv3d):
-    """nn.Conv3d whose CPU inference always takes oneDNN in channels-last layout: PyTorch sends
-    batch-1 inputs with few channels or small slices to its slow im2col path (3x slower for the
-    one-channel stem)."""
+    """nn.Conv3d that always takes oneDNN on the CPU: PyTorch sends batch-1 inputs with few channels or
+    small slices to its slow im2col path (3x slower for the one-channel stem; a batch-1 training step
+    of the demo network 0.74 -> 0.51 s)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            torch.is_grad_enabled()
-            or x.device.type != "cpu"
-            or x.dtype != torch.float32
-            or not torch.backends.mkldnn.is_available()
-        ):
+        if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
             return super().forward(x)
-        # Channels-last weights make oneDNN return channels-last activations, about twice as fast
-        # here; the norms, additions and concatenations after it keep that layout.
-        weight = self.weight.contiguous(memory_format=torch.channels_last_3d)
+        weight = self.weight
+        if not torch.is_grad_enabled():
+            # Inference: channels-last weights make oneDNN return channels-last activations, about
+            # twice as fast here; the norms, additions and concatenations after it keep that layout.
+            # (In training PyTorch's norm would convert them back at every layer.)
+            weight = weight.contiguous(memory_format=torch.channels_last_3d)
         return torch.ops.aten.mkldnn_convolution(
             x, weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
         )
