@@ -7,7 +7,8 @@
    preprocessing (1 mm, 64x256x256 windows; random weights: speed does not depend on them): seconds
    and peak resident memory of the process (``ru_maxrss``).
 3. Where bf16 is asked for: agreement (Dice) of its labels with fp32's.
-4. Where MONAI is installed: its ``sliding_window_inference`` on the same network, volume and overlap.
+4. Where MONAI is installed (``pip install -e ".[bench]"``): its ``sliding_window_inference`` on the same
+   network, volume and overlap.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def main() -> None:
     try:
         from monai.inferers import sliding_window_inference
     except ImportError:
-        print("MONAI not installed: no comparison (pip install monai to add it)")
+        print('MONAI not installed: no comparison (pip install -e ".[bench]" adds it)')
     else:
         tensor = torch.from_numpy(np.ascontiguousarray(prepared.array))[None, None].to(device)
         start = time.perf_counter()
