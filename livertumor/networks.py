@@ -44,7 +44,8 @@ def _channels_last_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 
 class InstanceNorm3d(nn.InstanceNorm3d):
     """Affine instance norm; on CPU without autograd, channels-last inputs take a faster path with the
-    same result (training and other devices use PyTorch's own)."""
+    same result that overwrites the input (in this network a norm's input is a convolution's output
+    that nothing else reads). Training and other devices use PyTorch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -57,7 +58,6 @@ class InstanceNorm3d(nn.InstanceNorm3d):
         mean, var = _channels_last_mean_var(x)
         scale = torch.rsqrt(var + self.eps) * self.weight
         shift = self.bias - mean * scale
-        # In place: in inference nothing else reads the convolution's output.
         return torch.addcmul(shift[:, :, None, None, None], x, scale[:, :, None, None, None], out=x)
 
 
