@@ -57,8 +57,8 @@ def training_seconds(model: Path) -> float:
     return total
 
 
-def summarise(schema: str, results: list, cases: list, seconds: float, train_seconds: float) -> dict:
-    """One table row from the test cases' results."""
+def summarise(schema: str, results: list, voxel_ml: list[float], seconds: float, train_seconds: float) -> dict:
+    """One table row from the test cases' results and each case's voxel volume (mL)."""
     with_tumour = [r for r in results if r.stats.truth_voxels]
     row: dict = {"schema": schema, **Evaluation(with_tumour).aggregate()}
     row["dg"] = Evaluation(results).aggregate()["dg"]
@@ -67,9 +67,8 @@ def summarise(schema: str, results: list, cases: list, seconds: float, train_sec
     found = sum((s["recall_<10mm"] or 0) * s["lesions_<10mm"] for s in small)
     total = sum(s["lesions_<10mm"] for s in small)
     row["small_recall"] = found / total if total else None
-    free = [(r, c) for r, c in zip(results, cases) if not r.stats.truth_voxels]
-    voxel_ml = [float(np.prod(read_ct(c.image).grid.spacing_zyx)) / 1000 for _, c in free]
-    row["fp_ml"] = statistics.mean(r.stats.pred_voxels * v for (r, _), v in zip(free, voxel_ml)) if free else None
+    free = [r.stats.pred_voxels * v for r, v in zip(results, voxel_ml) if not r.stats.truth_voxels]
+    row["fp_ml"] = statistics.mean(free) if free else None
     row.update(seconds=seconds, training_seconds=train_seconds)
     return row
 
@@ -112,7 +111,7 @@ def main() -> None:
         if not model.exists():
             shutil.rmtree(args.out / f"model-{schema}.work", ignore_errors=True)
             train_model(train, validation, config, model, name=f"bench-{schema}")
-        results, seconds = [], []
+        results, seconds, voxel_ml = [], [], []
         for case in test_cases:
             ct = read_ct(case.image)
             truth = read_label(case.label, reference=ct.grid)
@@ -120,7 +119,8 @@ def main() -> None:
             prediction = segment(ct, model=model, device=config.device)
             seconds.append(time.perf_counter() - start)
             results.append(evaluate_pair(prediction.labels.array, truth.array, ct.grid.spacing_zyx, case.name))
-        rows.append(summarise(schema, results, test_cases, statistics.mean(seconds), training_seconds(model)))
+            voxel_ml.append(float(np.prod(ct.grid.spacing_zyx)) / 1000)
+        rows.append(summarise(schema, results, voxel_ml, statistics.mean(seconds), training_seconds(model)))
         print(f"{schema}: DG {rows[-1]['dg']:.3f}", file=sys.stderr)
     header = [c.upper() for c in COLUMNS] + ["recall", "recall <10 mm", "FP mL, lesion-free", "s / case", "training s"]
     lines = ["| schema | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
