@@ -1,4 +1,4 @@
-"""Phantoms: the generator's claims checked from the arrays it produces."""
+"""Phantoms: the generator's claims checked from the arrays it produces, and synthetic lesions on a real CT."""
 
 from __future__ import annotations
 
@@ -9,7 +9,16 @@ import pytest
 from scipy import ndimage
 
 from livertumor.io import read_image, read_label
-from livertumor.phantom import LESION_CLASSES, SIZE_RANGES_MM, TISSUE_HU, make_phantom, write_phantom_dataset
+from livertumor.phantom import (
+    LESION_CLASSES,
+    PHASES,
+    SIZE_RANGES_MM,
+    make_phantom,
+    synthesize,
+    tissue_table,
+    write_phantom_dataset,
+)
+from livertumor.phantom.anatomy import ORGAN_MAP_TISSUES
 
 SHAPE, SPACING = (64, 112, 112), (3.0, 3.2, 3.2)
 
@@ -26,6 +35,7 @@ def test_dataset_matches_its_manifest(dataset):
     assert len(manifest["cases"]) == 6
     structure = np.ones((3, 3, 3), bool)
     for case in manifest["cases"]:
+        assert case["phase"] in PHASES
         ct = read_image(out / case["volume"])
         label = read_label(out / case["segmentation"], reference=ct.grid)
         classes = read_label(out / case["classes"], allowed=range(4), reference=ct.grid)
@@ -56,65 +66,220 @@ def test_every_fifth_case_is_lesion_free_and_others_have_lesions(dataset):
     assert all(1 <= c <= 6 for i, c in enumerate(counts) if i != 4)
 
 
+def test_dataset_phases_can_be_limited(tmp_path):
+    manifest = write_phantom_dataset(tmp_path, 3, seed=2, shape=(32, 64, 64), spacing_zyx=(4, 5, 5), phases=["delayed"])
+    assert {case["phase"] for case in json.loads(manifest.read_text())["cases"]} == {"delayed"}
+    with pytest.raises(ValueError, match="unknown contrast phase"):
+        write_phantom_dataset(tmp_path / "x", 1, shape=(32, 64, 64), spacing_zyx=(4, 5, 5), phases=["venous"])
+
+
 def test_same_seed_same_volume_other_seed_other_volume():
     first, again, other = (make_phantom(s, (32, 64, 64), (4.0, 5.0, 5.0)) for s in (5, 5, 6))
     np.testing.assert_array_equal(first.ct.array, again.ct.array)
     np.testing.assert_array_equal(first.label.array, again.label.array)
-    assert first.lesions == again.lesions
+    assert first.lesions == again.lesions and first.phase == again.phase
     assert not np.array_equal(first.ct.array, other.ct.array)
 
 
+# -- anatomy ---------------------------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="module")
-def fine():
-    """Finer phantoms with many lesions of every kind, to check sizes and appearances."""
-    return [
-        make_phantom(seed, (96, 160, 160), (2.0, 2.0, 2.0), lesion_count=6, kinds=LESION_CLASSES) for seed in (1, 2)
-    ]
+def anatomy():
+    """One full-size case per phase with its organ map (3 mm slices, 1.5 mm pixels)."""
+    return {
+        phase: make_phantom(21, (80, 256, 256), (3.0, 1.5, 1.5), phase=phase, organ_map=True, lesion_count=0)
+        for phase in PHASES
+    }
 
 
-def test_lesion_sizes_span_small_to_large_and_match_their_volumes(fine):
-    diameters = [lesion.diameter_mm for p in fine for lesion in p.lesions]
+def organ(phantom, name, erode=1):
+    mask = phantom.organs.array == ORGAN_MAP_TISSUES.index(name)
+    return ndimage.binary_erosion(mask, iterations=erode) if erode else mask
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_each_structure_has_its_phase_value(anatomy, phase):
+    phantom, table = anatomy[phase], tissue_table(phase)
+    ct = phantom.ct.array
+    for name in ("liver", "spleen", "fat", "muscle", "kidney_cortex", "blood", "lung", "bone_cancellous"):
+        core = organ(phantom, name, erode=2 if name != "bone_cancellous" else 1)
+        assert core.sum() > 50, f"{name} missing in {phase}"
+        mean, texture = table[name]
+        assert abs(float(np.median(ct[core])) - mean) < 12 + texture / 2, name
+    liver_core = organ(phantom, "liver", 2)
+    assert 8 < ct[liver_core].std() < 30  # noise and texture, like the real scan's 12.9 HU
+
+
+def test_contrast_phases_enhance_as_described(anatomy):
+    def median(phase, name):
+        return float(np.median(anatomy[phase].ct.array[organ(anatomy[phase], name, 2)]))
+
+    assert median("arterial", "blood") > median("portal-venous", "blood") > median("delayed", "blood")
+    assert median("arterial", "blood") - median("native", "blood") > 180
+    assert median("portal-venous", "liver") - median("native", "liver") > 40
+    # native blood and liver as measured on the real non-contrast scan (42 / 47 HU)
+    assert abs(median("native", "blood") - 42) < 10 and abs(median("native", "liver") - 47) < 10
+
+
+def test_liver_is_lobed_with_vessels_inside(anatomy):
+    phantom = anatomy["portal-venous"]
+    liver = phantom.label.array == 1
+    organs = phantom.organs.array
+    vessels = np.isin(organs, [ORGAN_MAP_TISSUES.index(n) for n in ("portal_vein", "hepatic_vein")]) & liver
+    assert vessels.sum() > 200  # a vessel tree inside the liver mask
+    assert (organs[liver] == ORGAN_MAP_TISSUES.index("liver")).mean() > 0.8
+    # enhanced vessels are brighter than the parenchyma around them
+    core_vessels = ndimage.binary_erosion(vessels)
+    assert np.median(phantom.ct.array[core_vessels]) > np.median(phantom.ct.array[organ(phantom, "liver", 2)]) + 30
+    # lobes: the left lobe crosses the midline (patient left is +x), the right lobe is larger
+    x = np.nonzero(liver.any(axis=(0, 1)))[0]
+    centre_x = phantom.ct.shape[2] // 2
+    assert x[0] < centre_x - 40 and x[-1] > centre_x
+    assert liver[:, :, :centre_x].sum() > 2 * liver[:, :, centre_x:].sum()
+    # not an ellipsoid: the liver fills well under its bounding ellipsoid's share (0.52)
+    box = ndimage.find_objects(liver.astype(np.uint8))[0]
+    assert liver[box].mean() < 0.5
+
+
+def test_livers_vary_between_cases():
+    volumes = [(make_phantom(s, (48, 128, 128), (5.0, 3.0, 3.0), lesion_count=0).label.array == 1).sum() for s in range(4)]
+    assert max(volumes) > 1.15 * min(volumes)
+
+
+def test_noise_follows_voxel_size_and_is_correlated():
+    coarse = make_phantom(3, (40, 96, 96), (5.0, 3.5, 3.5), lesion_count=0, organ_map=True)
+    fine = make_phantom(3, (64, 192, 192), (2.5, 1.5, 1.5), lesion_count=0, organ_map=True)
+    air = [p.ct.array[:, :4, :4].astype(float) for p in (coarse, fine)]
+    assert 6 < air[0].std() < air[1].std() < 32
+    residual = air[1] - air[1].mean()
+    neighbours = np.corrcoef(residual[:, :, :-1].ravel(), residual[:, :, 1:].ravel())[0, 1]
+    assert 0.05 < neighbours < 0.9  # the point spread correlates neighbouring pixels
+
+
+# -- lesions -------------------------------------------------------------------------------------------
+
+
+def lesion_case(kind, phase, diameter, seed=1):
+    phantom = make_phantom(seed, (72, 192, 192), (2.5, 1.5, 1.5), phase=phase, kinds=[kind], diameters_mm=[diameter])
+    lesion = phantom.lesions[0]
+    mask = phantom.lesion_id.array == lesion.id
+    return phantom, lesion, mask
+
+
+def liver_hu(phantom):
+    return float(np.median(phantom.ct.array[ndimage.binary_erosion(phantom.label.array == 1, iterations=2)]))
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_cysts_are_water_homogeneous_and_sharp(phase):
+    phantom, lesion, mask = lesion_case("cyst", phase, 30)
+    core = ndimage.binary_erosion(mask, iterations=2)
+    values = phantom.ct.array[core]
+    assert -5 < np.median(values) < 22 and values.std() < 25
+    # sharp: one voxel outside the boundary is already close to the liver
+    shell = ndimage.binary_dilation(mask, iterations=2) & ~ndimage.binary_dilation(mask)
+    assert np.median(phantom.ct.array[shell & (phantom.label.array == 1)]) > liver_hu(phantom) - 30
+
+
+def test_hemangioma_nodules_are_peripheral_and_fill_in_centripetally():
+    filled = {}
+    for phase in ("arterial", "portal-venous", "delayed"):
+        phantom, lesion, mask = lesion_case("hemangioma", phase, 40)
+        blood = tissue_table(phase)["blood"][0]
+        values = phantom.ct.array[mask].astype(float)
+        bright = values > (blood + 45) / 2
+        filled[phase] = bright.mean()
+        if phase == "arterial":
+            # bright nodules lie in the outer half of the lesion, the centre stays dark
+            distance = ndimage.distance_transform_edt(mask, sampling=(2.5, 1.5, 1.5))[mask]
+            assert bright.sum() > 5
+            assert np.median(distance[bright]) < np.median(distance[~bright])
+            assert np.median(values[distance > np.percentile(distance, 90)]) < liver_hu(phantom)
+    assert filled["arterial"] < filled["portal-venous"] < filled["delayed"]
+    assert filled["delayed"] > 0.6
+
+
+def test_small_hemangiomas_flash_fill():
+    phantom, lesion, mask = lesion_case("hemangioma", "arterial", 8)
+    assert np.median(phantom.ct.array[mask]) > liver_hu(phantom) + 60
+
+
+def test_metastasis_rim_enhances_around_a_darker_core_and_margin_is_ill_defined():
+    phantom, lesion, mask = lesion_case("metastasis", "portal-venous", 40)
+    distance = ndimage.distance_transform_edt(mask, sampling=(2.5, 1.5, 1.5))
+    core = mask & (distance > 0.5 * distance.max())
+    rim = mask & (distance <= 4.0) & (distance > 1.0)
+    ct = phantom.ct.array
+    assert np.median(ct[core]) < np.median(ct[rim]) - 25  # target: dark centre, enhancing rim
+    assert np.median(ct[core]) < liver_hu(phantom) - 30
+    # delayed phase: peripheral washout, the rim ends darker than the centre
+    phantom, lesion, mask = lesion_case("metastasis", "delayed", 40)
+    distance = ndimage.distance_transform_edt(mask, sampling=(2.5, 1.5, 1.5))
+    ct = phantom.ct.array
+    assert np.median(ct[mask & (distance <= 4.0) & (distance > 1.0)]) < np.median(ct[mask & (distance > 0.5 * distance.max())])
+    # ill-defined: the surface is rougher than a cyst's of the same size
+    cyst = lesion_case("cyst", "delayed", 40)[2]
+
+    def roughness(m):
+        return (m & ~ndimage.binary_erosion(m)).sum() / m.sum() ** (2 / 3)
+
+    assert roughness(mask) > roughness(cyst)
+
+
+def test_lesion_sizes_span_5_to_80_mm_and_metastases_come_in_several():
+    diameters, counts = [], {kind: [] for kind in LESION_CLASSES}
+    for seed in range(16):
+        phantom = make_phantom(seed, (48, 160, 160), (4.0, 2.0, 2.0))
+        diameters += [lesion.diameter_mm for lesion in phantom.lesions]
+        for kind in LESION_CLASSES:
+            counts[kind].append(sum(lesion.kind == kind for lesion in phantom.lesions))
     low, high = SIZE_RANGES_MM[0][0], SIZE_RANGES_MM[-1][1]
     assert all(low <= d <= high for d in diameters)
-    assert min(diameters) < 10.0 and max(diameters) > 20.0
-    for phantom in fine:
-        for lesion in phantom.lesions:
-            if lesion.diameter_mm >= 8.0:  # well resolved at 2 mm: equivalent diameter near the drawn one
-                equivalent = (6 * lesion.volume_ml * 1000 / np.pi) ** (1 / 3)
-                assert 0.7 * lesion.diameter_mm < equivalent < 1.25 * lesion.diameter_mm
+    assert min(diameters) < 10.0 and max(diameters) > 30.0
+    assert max(counts["metastasis"]) >= 3
+    assert all(sum(c) > 0 for c in counts.values())
 
 
-def mean_hu(phantom, mask):
-    return float(phantom.ct.array[mask].mean())
+def test_lesions_are_placed_near_vessels_and_under_the_capsule():
+    placements = set()
+    for seed in range(6):
+        placements |= {lesion.placement for lesion in make_phantom(seed, (48, 160, 160), (4.0, 2.0, 2.0)).lesions}
+    assert {"near-vessel", "subcapsular", "parenchyma"} <= placements
 
 
-def test_tissue_values_are_ct_like(fine):
-    for phantom in fine:
-        ct, label = phantom.ct.array, phantom.label.array
-        core = ndimage.binary_erosion(label == 1, iterations=2)
-        assert TISSUE_HU["liver"] - 15 < float(np.median(ct[core])) < TISSUE_HU["liver"] + 25  # vessels brighten
-        assert -1030 < np.median(ct[:, :3, :3]) < -970  # air in the corners
-        assert (ct > 400).sum() > 100  # bone
-        assert ((ct > -130) & (ct < -70)).sum() > 1000  # fat
-        assert 8 < np.std(ct[:, :3, :3]) < 16  # noise of the stated 12 HU, blurred slightly
+# -- synthetic lesions in a real scan ---------------------------------------------------------------------
 
 
-def test_lesion_kinds_have_their_described_appearance(fine):
-    seen = set()
-    for phantom in fine:
-        for lesion in phantom.lesions:
-            mask = phantom.lesion_id.array == lesion.id
-            core = ndimage.binary_erosion(mask, iterations=2)
-            if core.sum() < 10:
-                continue
-            rim = mask & ~ndimage.binary_erosion(mask, iterations=1)
-            values = phantom.ct.array[core]
-            seen.add(lesion.kind)
-            if lesion.kind == "cyst":
-                assert -10 < values.mean() < 30 and values.std() < 20  # water, homogeneous
-            elif lesion.kind == "metastasis":
-                assert values.mean() < mean_hu(phantom, rim) - 15  # dark centre, brighter rim
-            elif lesion.kind == "hemangioma" and lesion.diameter_mm >= 10:
-                bright = phantom.ct.array[mask] > 140
-                assert bright.sum() > 3 and np.median(values) < 100  # bright nodules in a dark lesion
-    assert seen == set(LESION_CLASSES)
+def test_synthesize_paints_lesions_only_inside_the_real_liver(real_data, tmp_path):
+    ct_path = real_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    organs_path = real_data / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz"
+    manifest = json.loads(synthesize(ct_path, organs_path, tmp_path, cases=2, seed=4, liver_label=5).read_text())
+    source = read_image(ct_path)
+    liver = read_image(organs_path).array == 5
+    assert len(manifest["cases"]) == 2 and manifest["cases"][0]["phase"] == "native"
+    for case in manifest["cases"]:
+        ct = read_image(tmp_path / case["volume"])
+        assert ct.grid.same_as(source.grid) and ct.array.dtype == source.array.dtype
+        label = read_label(tmp_path / case["segmentation"], reference=ct.grid).array
+        classes = read_label(tmp_path / case["classes"], allowed=range(4), reference=ct.grid).array
+        assert case["lesions"]
+        np.testing.assert_array_equal(label > 0, liver)  # the liver mask is the liver label
+        np.testing.assert_array_equal(classes > 0, label == 2)  # every lesion voxel has a kind
+        changed = ct.array != source.array
+        assert changed.any() and not (changed & ~liver).any()  # only liver voxels change
+        near = ndimage.binary_dilation(label == 2, iterations=4)
+        assert not (changed & ~near).any()  # and only at the lesions
+        for lesion in case["lesions"]:
+            centre = tuple(np.round(lesion["centre_index_zyx"]).astype(int))
+            assert classes[centre] == LESION_CLASSES.index(lesion["kind"]) + 1 or lesion["voxels"] < 30
+    assert not np.array_equal(*(read_image(tmp_path / c["volume"]).array for c in manifest["cases"]))
+
+
+def test_synthesize_refuses_a_mask_without_liver(real_data, tmp_path):
+    from livertumor.errors import LiverTumorError
+
+    ct_path = real_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    organs_path = real_data / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz"
+    with pytest.raises(LiverTumorError, match="no liver"):
+        synthesize(ct_path, organs_path, tmp_path, liver_label=200)

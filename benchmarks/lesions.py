@@ -63,13 +63,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        default=["arterial", "portal-venous", "delayed"],
+        help="contrast phases of the phantoms (default: the contrast-enhanced ones; lesion characterisation "
+        "on CT needs contrast, as in the paper's data)",
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     shape, spacing = (48, 128, 128), (3.0, 1.6, 1.6)
     data, pretrain = args.out / "data", args.out / "pretrain"
     if not data.exists():
-        write_phantom_dataset(data, args.cases, seed=300, shape=shape, spacing_zyx=spacing)
-        write_phantom_dataset(pretrain, args.pretrain_cases, seed=400, shape=shape, spacing_zyx=spacing)
+        write_phantom_dataset(data, args.cases, seed=300, shape=shape, spacing_zyx=spacing, phases=args.phases)
+        write_phantom_dataset(
+            pretrain, args.pretrain_cases, seed=400, shape=shape, spacing_zyx=spacing, phases=args.phases
+        )
         for path in pretrain.glob("classes-*"):
             path.unlink()  # LiTS has tumour labels only
         (pretrain / "manifest.json").unlink()
@@ -132,7 +141,9 @@ def main() -> None:
     print(table)
     if args.markdown:
         command = "python benchmarks/lesions.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("markdown", "frameworks")
+            f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
+            for k, v in vars(args).items()
+            if k not in ("markdown", "frameworks")
         )
         args.markdown.write_text(
             f"# Lesion frameworks x initialisations (phantoms)\n\nCommand: `{command}`\n\n{table}\n"

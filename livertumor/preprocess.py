@@ -131,10 +131,11 @@ def mask_box(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -
     if not mask.any():
         return tuple(slice(0, n) for n in mask.shape)
     margin = np.ceil(margin_mm / np.asarray(spacing_zyx)).astype(int)
-    coordinates = np.argwhere(mask)
-    low = np.maximum(coordinates.min(0) - margin, 0)
-    high = np.minimum(coordinates.max(0) + 1 + margin, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
+    box = []
+    for axis, (n, m) in enumerate(zip(mask.shape, margin)):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(max(occupied[0] - m, 0)), int(min(occupied[-1] + 1 + m, n))))
+    return tuple(box)
 
 
 def body_box(ct: Volume, threshold: float = -500.0, margin_mm: float = 5.0) -> tuple[tuple[int, ...], tuple[int, ...]]:

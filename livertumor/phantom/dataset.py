@@ -1,0 +1,105 @@
+"""Phantom data sets on disk in the LiTS layout, with a manifest describing every lesion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..io import write_json, write_volume
+from .anatomy import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, Phantom, make_phantom
+from .lesion_kinds import LESION_CLASSES
+from .tissues import PHASE_PROBABILITIES, PHASES
+
+#: Every this-many-th case of a data set has no lesion (the 5th, 10th, ...).
+LESION_FREE_EVERY = 5
+
+
+def phantom_case_seed(seed: int, index: int) -> int:
+    """The seed of case ``index`` in a data set seeded ``seed`` (cases are independent and reproducible)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def draw_phase(seed: int, phases: Sequence[str] | None) -> str:
+    """The contrast phase of the case seeded ``seed``: from ``phases`` (None: every phase, weighted by
+    :data:`.tissues.PHASE_PROBABILITIES`)."""
+    chosen = tuple(PHASES if phases is None else phases)
+    unknown = sorted(set(chosen) - set(PHASES))
+    if unknown or not chosen:
+        raise ValueError(f"unknown contrast phase(s) {unknown or chosen}; known: {', '.join(PHASES)}")
+    weights = np.array([PHASE_PROBABILITIES[PHASES.index(p)] for p in chosen])
+    rng = np.random.default_rng([seed, 1])
+    return chosen[int(rng.choice(len(chosen), p=weights / weights.sum()))]
+
+
+def case_record(index: int, seed: int, names: dict[str, str], phantom: Phantom) -> dict:
+    """A manifest entry: file names, seed, phase and lesions of one case."""
+    return {
+        "index": index,
+        "seed": seed,
+        **names,
+        "phase": phantom.phase,
+        "lesions": [asdict(info) for info in phantom.lesions],
+    }
+
+
+def manifest_header(generator: str, seed: int, **extra) -> dict:
+    """The manifest fields every data set written here shares."""
+    return {
+        "generator": generator,
+        "seed": seed,
+        **extra,
+        "labels": {"0": "background", "1": "liver", "2": "tumour"},
+        "classes": {str(i + 1): kind for i, kind in enumerate(LESION_CLASSES)},
+        "cases": [],
+    }
+
+
+def write_case(phantom: Phantom, out: Path, index: int, suffix: str) -> dict[str, str]:
+    """Write one case's CT, label map and class map in the LiTS layout; returns the file names."""
+    names = {kind: f"{kind}-{index}{suffix}" for kind in ("volume", "segmentation", "classes")}
+    write_volume(phantom.ct, out / names["volume"])
+    write_volume(phantom.label, out / names["segmentation"])
+    write_volume(phantom.lesion_class, out / names["classes"])
+    return names
+
+
+def write_phantom_dataset(
+    out: str | Path,
+    cases: int,
+    seed: int = 0,
+    shape: Sequence[int] = DEFAULT_SHAPE,
+    spacing_zyx: Sequence[float] = DEFAULT_SPACING_ZYX,
+    suffix: str = ".nii",
+    progress: Callable[[int, int], None] | None = None,
+    phases: Sequence[str] | None = None,
+) -> Path:
+    """Write ``cases`` phantoms in LiTS layout (``volume-N``, ``segmentation-N``, plus ``classes-N`` with
+    the lesion kinds) and ``manifest.json`` under ``out``. Every 5th case has no lesion; ``phases``
+    limits the contrast phases drawn (None: all).
+
+    Returns the manifest's path. ``progress(done, total)`` is called after each case.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = manifest_header(
+        "livertumor.phantom",
+        seed,
+        shape_zyx=list(shape),
+        spacing_zyx_mm=list(spacing_zyx),
+        phases=list(PHASES if phases is None else phases),
+    )
+    for index in range(cases):
+        lesion_free = (index + 1) % LESION_FREE_EVERY == 0
+        case_seed = phantom_case_seed(seed, index)
+        phantom = make_phantom(
+            case_seed, shape, spacing_zyx, lesion_count=0 if lesion_free else None, phase=draw_phase(case_seed, phases)
+        )
+        manifest["cases"].append(case_record(index, case_seed, write_case(phantom, out, index, suffix), phantom))
+        if progress:
+            progress(index + 1, cases)
+    path = out / "manifest.json"
+    write_json(path, manifest)
+    return path
