@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +111,12 @@ def test_segment_command_on_dicom_and_files(real_data, tiny_model, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     written = [json.loads(line) for line in result.stdout.splitlines() if '"written"' in line]
-    assert len(written) == 2
+    # every CT of the folder, not the organ map beside them
+    assert sorted(Path(w["input"]).name for w in written) == [
+        "example_ct.nii.gz",
+        "example_ct_dicom",
+        "example_ct_sm.nii.gz",
+    ]
     labels = read_label(out / "example_ct_dicom_seg.nii.gz")
     assert labels.grid.same_as(read_ct(real_data / "totalsegmentator/example_ct_dicom").grid)
     nifti = read_ct(real_data / "totalsegmentator/example_ct.nii.gz")

@@ -143,7 +143,8 @@ def test_liver_is_lobed_with_vessels_inside(anatomy):
 
 
 def test_livers_vary_between_cases():
-    volumes = [(make_phantom(s, (48, 128, 128), (5.0, 3.0, 3.0), lesion_count=0).label.array == 1).sum() for s in range(4)]
+    livers = [make_phantom(s, (48, 128, 128), (5.0, 3.0, 3.0), lesion_count=0).label.array == 1 for s in range(4)]
+    volumes = [liver.sum() for liver in livers]
     assert max(volumes) > 1.15 * min(volumes)
 
 
@@ -162,9 +163,7 @@ def test_noise_follows_voxel_size_and_is_correlated():
 
 def lesion_case(kind, phase, diameter, seed=1):
     phantom = make_phantom(seed, (72, 192, 192), (2.5, 1.5, 1.5), phase=phase, kinds=[kind], diameters_mm=[diameter])
-    lesion = phantom.lesions[0]
-    mask = phantom.lesion_id.array == lesion.id
-    return phantom, lesion, mask
+    return phantom, phantom.lesion_id.array == phantom.lesions[0].id
 
 
 def liver_hu(phantom):
@@ -173,7 +172,7 @@ def liver_hu(phantom):
 
 @pytest.mark.parametrize("phase", PHASES)
 def test_cysts_are_water_homogeneous_and_sharp(phase):
-    phantom, lesion, mask = lesion_case("cyst", phase, 30)
+    phantom, mask = lesion_case("cyst", phase, 30)
     core = ndimage.binary_erosion(mask, iterations=2)
     values = phantom.ct.array[core]
     assert -5 < np.median(values) < 22 and values.std() < 25
@@ -185,7 +184,7 @@ def test_cysts_are_water_homogeneous_and_sharp(phase):
 def test_hemangioma_nodules_are_peripheral_and_fill_in_centripetally():
     filled = {}
     for phase in ("arterial", "portal-venous", "delayed"):
-        phantom, lesion, mask = lesion_case("hemangioma", phase, 40)
+        phantom, mask = lesion_case("hemangioma", phase, 40)
         blood = tissue_table(phase)["blood"][0]
         values = phantom.ct.array[mask].astype(float)
         bright = values > (blood + 45) / 2
@@ -201,12 +200,12 @@ def test_hemangioma_nodules_are_peripheral_and_fill_in_centripetally():
 
 
 def test_small_hemangiomas_flash_fill():
-    phantom, lesion, mask = lesion_case("hemangioma", "arterial", 8)
+    phantom, mask = lesion_case("hemangioma", "arterial", 8)
     assert np.median(phantom.ct.array[mask]) > liver_hu(phantom) + 60
 
 
 def test_metastasis_rim_enhances_around_a_darker_core_and_margin_is_ill_defined():
-    phantom, lesion, mask = lesion_case("metastasis", "portal-venous", 40)
+    phantom, mask = lesion_case("metastasis", "portal-venous", 40)
     distance = ndimage.distance_transform_edt(mask, sampling=(2.5, 1.5, 1.5))
     core = mask & (distance > 0.5 * distance.max())
     rim = mask & (distance <= 4.0) & (distance > 1.0)
@@ -214,12 +213,13 @@ def test_metastasis_rim_enhances_around_a_darker_core_and_margin_is_ill_defined(
     assert np.median(ct[core]) < np.median(ct[rim]) - 25  # target: dark centre, enhancing rim
     assert np.median(ct[core]) < liver_hu(phantom) - 30
     # delayed phase: peripheral washout, the rim ends darker than the centre
-    phantom, lesion, mask = lesion_case("metastasis", "delayed", 40)
+    phantom, mask = lesion_case("metastasis", "delayed", 40)
     distance = ndimage.distance_transform_edt(mask, sampling=(2.5, 1.5, 1.5))
     ct = phantom.ct.array
-    assert np.median(ct[mask & (distance <= 4.0) & (distance > 1.0)]) < np.median(ct[mask & (distance > 0.5 * distance.max())])
+    rim, core = mask & (distance <= 4.0) & (distance > 1.0), mask & (distance > 0.5 * distance.max())
+    assert np.median(ct[rim]) < np.median(ct[core])
     # ill-defined: the surface is rougher than a cyst's of the same size
-    cyst = lesion_case("cyst", "delayed", 40)[2]
+    cyst = lesion_case("cyst", "delayed", 40)[1]
 
     def roughness(m):
         return (m & ~ndimage.binary_erosion(m)).sum() / m.sum() ** (2 / 3)
@@ -283,3 +283,22 @@ def test_synthesize_refuses_a_mask_without_liver(real_data, tmp_path):
     organs_path = real_data / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz"
     with pytest.raises(LiverTumorError, match="no liver"):
         synthesize(ct_path, organs_path, tmp_path, liver_label=200)
+
+
+def test_synthesize_command_writes_the_lits_layout(real_data, tmp_path, capsys):
+    from livertumor.cli import main
+
+    ct_path = real_data / "totalsegmentator" / "example_ct_sm.nii.gz"
+    organs_path = real_data / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz"
+    arguments = ["synthesize", "--ct", str(ct_path), "--liver", str(organs_path), "--liver-label", "5"]
+    assert main([*arguments, "-o", str(tmp_path), "--cases", "1", "--phase", "portal-venous"]) == 0
+    assert "wrote 1 cases" in capsys.readouterr().out
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "volume-0.nii.gz",
+        "segmentation-0.nii.gz",
+        "classes-0.nii.gz",
+        "manifest.json",
+    }
+    assert json.loads((tmp_path / "manifest.json").read_text())["cases"][0]["phase"] == "portal-venous"
+    assert main([*arguments[:-1], "200", "-o", str(tmp_path / "none")]) == 2
+    assert "no liver" in capsys.readouterr().err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,17 @@ def _progress_bar(total: int, description: str):
     return tqdm(total=total, desc=description, unit="case", file=sys.stderr, disable=None)
 
 
+def _report_dataset(manifest: Path, out: Path) -> None:
+    data = json.loads(manifest.read_text())
+    lesions = [lesion["kind"] for case in data["cases"] for lesion in case["lesions"]]
+    kinds = ", ".join(f"{lesions.count(kind)} {kind}" for kind in dict.fromkeys(sorted(lesions))) or "none"
+    phases = ", ".join(sorted({case["phase"] for case in data["cases"]}))
+    print(
+        f"wrote {len(data['cases'])} cases with {len(lesions)} lesions ({kinds}; phases: {phases}) to {out} "
+        f"(manifest: {manifest})"
+    )
+
+
 def cmd_phantom(args: argparse.Namespace) -> int:
     from .phantom import write_phantom_dataset
 
@@ -37,10 +49,27 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             spacing_zyx=args.spacing,
             suffix=".nii.gz" if args.compress else ".nii",
             progress=lambda done, total: bar.update(1),
+            phases=args.phases,
         )
-    data = json.loads(manifest.read_text())
-    lesions = sum(len(case["lesions"]) for case in data["cases"])
-    print(f"wrote {args.cases} cases with {lesions} lesions to {args.out} (manifest: {manifest})")
+    _report_dataset(manifest, args.out)
+    return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from .phantom import synthesize
+
+    with _progress_bar(args.cases, "cases") as bar:
+        manifest = synthesize(
+            args.ct,
+            args.liver,
+            args.out,
+            cases=args.cases,
+            seed=args.seed,
+            phase=args.phase,
+            liver_label=args.liver_label,
+            progress=lambda done, total: bar.update(1),
+        )
+    _report_dataset(manifest, args.out)
     return 0
 
 
@@ -238,14 +267,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+#: File names of label maps that sit beside the images in data folders (LiTS ``segmentation-N``,
+#: ``classes-N``, ``*_seg``, ``*_mask``, TotalSegmentator ``*_totalseg``, ``labels``...).
+_LABEL_NAME = re.compile(r"(^|[_.-])(seg|segmentation|classes|label|labels|labelmap|mask|totalseg)([_.-]|$)")
+
+
 def _segment_inputs(paths: Sequence[Path]) -> list[Path]:
-    """Files as given; a folder of volume files gives each file; any other folder is one DICOM series."""
-    from .io import volume_suffix
+    """Files as given; a folder of volume files gives each image file (label maps beside them, named as
+    :data:`_LABEL_NAME` says, are left out); any other folder is one DICOM series."""
+    from .io import volume_stem, volume_suffix
 
     inputs = []
     for path in paths:
         files = sorted(p for p in path.iterdir() if p.is_file() and volume_suffix(p)) if path.is_dir() else []
-        inputs += files if files else [path]
+        images = [p for p in files if not _LABEL_NAME.search(volume_stem(p).lower())]
+        inputs += images if files else [path]
     return inputs
 
 
@@ -396,7 +432,7 @@ def _add_progress_option(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX
+    from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, PHASES
 
     parser = argparse.ArgumentParser(
         prog="livertumor",
@@ -410,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write synthetic abdominal CTs with liver lesions (LiTS layout)",
         description="Write N synthetic CT cases (volume-N, segmentation-N with 0 background / 1 liver / 2 tumour, "
         "classes-N with 1 cyst / 2 hemangioma / 3 metastasis) and manifest.json describing every lesion. "
-        "Every 5th case has no lesion.",
+        "Every 5th case has no lesion; each case draws a contrast phase.",
     )
     phantom.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     phantom.add_argument("--cases", type=int, default=5, help="number of cases (default 5)")
@@ -432,7 +468,36 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"voxel size in mm, slice thickness first (default {' '.join(map(str, DEFAULT_SPACING_ZYX))})",
     )
     phantom.add_argument("--compress", action="store_true", help="write .nii.gz instead of .nii")
+    phantom.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        metavar="PHASE",
+        help=f"contrast phases to draw from ({', '.join(PHASES)}; default: all, portal venous most often)",
+    )
     phantom.set_defaults(run=cmd_phantom)
+
+    synthesize = commands.add_parser(
+        "synthesize",
+        help="paint synthetic lesions into the liver of a real CT (training data from unannotated scans)",
+        description="Write N variants of a real CT with seeded cysts, hemangiomas and metastases painted into its "
+        "liver (LiTS layout: volume-N, segmentation-N with 1 liver / 2 tumour, classes-N, manifest.json). Lesion "
+        "HU follow the scan's own liver and the contrast phase; voxels outside the lesions keep their values.",
+    )
+    synthesize.add_argument("--ct", type=Path, required=True, help="the CT: a volume file or DICOM series folder")
+    synthesize.add_argument(
+        "--liver", type=Path, required=True, help="liver mask or organ map on the CT's grid (e.g. TotalSegmentator's)"
+    )
+    synthesize.add_argument(
+        "--liver-label", type=int, help="the liver's value in --liver (default: any non-zero; TotalSegmentator: 5)"
+    )
+    synthesize.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if missing)")
+    synthesize.add_argument("--cases", type=int, default=1, help="number of variants (default 1)")
+    synthesize.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same lesions")
+    synthesize.add_argument(
+        "--phase", choices=PHASES, help="the CT's contrast phase (default: estimated from the liver's HU)"
+    )
+    synthesize.set_defaults(run=cmd_synthesize)
 
     info = commands.add_parser(
         "info",

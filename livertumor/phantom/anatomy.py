@@ -354,7 +354,7 @@ class _Body:
         bone_z = (((z - self.dome) % period) / period > 0.22)[:, None, None]
         dy, dx = (y - self.spine_y) / semi_y, (x - self.x0) / semi_x
         body = dy**2 + dx**2 <= 1.0
-        cancellous = dy**2 + dx**2 <= 0.8**2
+        cancellous = dy**2 + dx**2 <= 0.88**2
         canal_r = 9.0 * s_xy
         canal_d = np.sqrt((y - canal_y) ** 2 + (x - self.x0) ** 2)
         canal = canal_d <= canal_r
