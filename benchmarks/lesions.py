@@ -30,7 +30,7 @@ from livertumor.lesions.data import load_lesion_dataset
 from livertumor.lesions.model import FRAMEWORKS, SliceConfig
 from livertumor.lesions.networks import SEResNetClassifier, SEResNetConfig
 from livertumor.lesions.training import LesionTrainConfig, cross_validate, train_lesion_model
-from livertumor.phantom import write_phantom_dataset
+from livertumor.phantom import LESION_CLASSES, write_phantom_dataset
 
 ENCODER = SEResNetConfig(widths=(16, 32, 64, 128), stem_width=16, blocks=(1, 1, 1, 1))
 
@@ -70,12 +70,21 @@ def main() -> None:
         help="contrast phases of the phantoms (default: the contrast-enhanced ones; lesion characterisation "
         "on CT needs contrast, as in the paper's data)",
     )
+    parser.add_argument(
+        "--mixed-kinds",
+        action="store_true",
+        help="draw each liver's lesions as the phantoms do (metastatic or benign livers); default: one kind per "
+        "patient in turn, balanced classes as in the paper's data",
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
+    kinds = None if args.mixed_kinds else LESION_CLASSES
     shape, spacing = (48, 128, 128), (3.0, 1.6, 1.6)
     data, pretrain = args.out / "data", args.out / "pretrain"
     if not data.exists():
-        write_phantom_dataset(data, args.cases, seed=300, shape=shape, spacing_zyx=spacing, phases=args.phases)
+        write_phantom_dataset(
+            data, args.cases, seed=300, shape=shape, spacing_zyx=spacing, phases=args.phases, kinds=kinds
+        )
         write_phantom_dataset(
             pretrain, args.pretrain_cases, seed=400, shape=shape, spacing_zyx=spacing, phases=args.phases
         )
@@ -143,7 +152,7 @@ def main() -> None:
         command = "python benchmarks/lesions.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
             for k, v in vars(args).items()
-            if k not in ("markdown", "frameworks")
+            if k not in ("markdown", "frameworks", "mixed_kinds")
         )
         args.markdown.write_text(
             f"# Lesion frameworks x initialisations (phantoms)\n\nCommand: `{command}`\n\n{table}\n"

@@ -105,7 +105,7 @@ def lesion_table(seeds: int) -> list[str]:
                 liver = np.median(ct[ndimage.binary_erosion(label == 1, iterations=2)])
                 contrast.append(np.median(ct[mask]) - liver)
                 distance = ndimage.distance_transform_edt(mask, sampling=(2.5, 1.5, 1.5))
-                rim = mask & (distance > 1.0) & (distance <= 4.0)
+                rim = mask & (distance <= 2.5)
                 core = mask & (distance > 0.5 * distance.max())
                 rim_core.append(np.median(ct[rim]) - np.median(ct[core]))
                 blood = tissue_table(phase)["blood"][0]

@@ -261,10 +261,11 @@ class _Body:
         theta = np.arctan2(v, u)
         self.fat_t = (self.fat * (1.0 - 0.4 * np.sin(theta))).astype(np.float32)  # thinner over the back
         self.muscle_t = np.float32(0.065)
-        # Hemidiaphragm domes: the right higher, both lower towards the back (costophrenic recesses).
-        back = 70 * self.s_z * np.maximum(v - 0.1, 0.0) ** 2 / 0.4
-        right = self.dome - 95 * self.s_z * (u + 0.42) ** 2 / 0.3 - back
-        left = self.dome - 15 * self.s_z - 95 * self.s_z * (u - 0.42) ** 2 / 0.3 - back
+        # Hemidiaphragm domes, curved both ways: the right higher, lower to the sides, the front and most
+        # to the back (costophrenic recesses).
+        depth = 50 * self.s_z * (np.maximum(v - 0.05, 0.0) ** 2 / 0.3 + np.minimum(v + 0.1, 0.0) ** 2 / 0.5)
+        right = self.dome - 60 * self.s_z * (u + 0.42) ** 2 / 0.3 - depth
+        left = self.dome - 15 * self.s_z - 60 * self.s_z * (u - 0.42) ** 2 / 0.3 - depth
         self.diaphragm = np.maximum(right, left).astype(np.float32)
         self.spine_y = self.y0 + 0.56 * self.by
         self.vertebra = (16.0 * self.s_xy, 20.0 * self.s_xy)  # semi-axes y, x
@@ -490,12 +491,13 @@ class _Body:
         z = canvas.axes[0][window[0]][:, None, None]
         below_diaphragm = z <= self.diaphragm[window[1:]][None] - 5.0
         local = (rho <= 1.0) & self.interior[window] & below_diaphragm & ~occupied[window]
-        # falciform fissure: a thin fat cleft in front between the right and left lobes
+        # falciform fissure: a short fat cleft in the front of the liver's lower half, between the lobes
         dz, dy, dx = canvas.offsets(window, left_centre)
         fissure_x = left_centre[2] - left_semi[2] * 0.55
         cleft = (np.abs(canvas.offsets(window, (0, 0, fissure_x))[2]) <= max(1.5, 0.6 * canvas.spacing[2])) & (
-            dy < 0.2 * left_semi[1]
+            dy < -0.45 * left_semi[1]
         )
+        cleft = cleft & (dz < 0.0)
         painter.paint(window, local & cleft, "fat")
         local &= ~cleft
         liver[window] = local

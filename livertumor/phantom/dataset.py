@@ -75,10 +75,12 @@ def write_phantom_dataset(
     suffix: str = ".nii",
     progress: Callable[[int, int], None] | None = None,
     phases: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
 ) -> Path:
     """Write ``cases`` phantoms in LiTS layout (``volume-N``, ``segmentation-N``, plus ``classes-N`` with
     the lesion kinds) and ``manifest.json`` under ``out``. Every 5th case has no lesion; ``phases``
-    limits the contrast phases drawn (None: all).
+    limits the contrast phases drawn (None: all). ``kinds`` gives case N lesions of one kind only,
+    ``kinds[N % len(kinds)]`` (1-3, metastases 1-6): balanced classes for lesion classification.
 
     Returns the manifest's path. ``progress(done, total)`` is called after each case.
     """
@@ -90,12 +92,18 @@ def write_phantom_dataset(
         shape_zyx=list(shape),
         spacing_zyx_mm=list(spacing_zyx),
         phases=list(PHASES if phases is None else phases),
+        kinds=list(kinds) if kinds else "drawn per liver",
     )
     for index in range(cases):
         lesion_free = (index + 1) % LESION_FREE_EVERY == 0
         case_seed = phantom_case_seed(seed, index)
+        count, case_kinds = (0, None) if lesion_free else (None, None)
+        if kinds and not lesion_free:
+            kind = kinds[index % len(kinds)]
+            case_kinds = [kind]
+            count = int(np.random.default_rng([case_seed, 2]).integers(1, 7 if kind == "metastasis" else 4))
         phantom = make_phantom(
-            case_seed, shape, spacing_zyx, lesion_count=0 if lesion_free else None, phase=draw_phase(case_seed, phases)
+            case_seed, shape, spacing_zyx, lesion_count=count, kinds=case_kinds, phase=draw_phase(case_seed, phases)
         )
         manifest["cases"].append(case_record(index, case_seed, write_case(phantom, out, index, suffix), phantom))
         if progress:

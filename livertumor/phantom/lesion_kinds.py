@@ -34,8 +34,10 @@ SIZE_PROBABILITIES = (0.3, 0.3, 0.25, 0.15)
 HEMANGIOMA_FILL = {"arterial": 0.2, "portal-venous": 0.5, "delayed": 0.85}
 #: Below this diameter (mm) a hemangioma flash-fills.
 FLASH_FILL_MM = 10.0
-#: Normalised radius where a metastasis's enhancing rim begins (smaller lesions: thicker rim share).
-METASTASIS_RIM_START = 0.68
+#: A metastasis's enhancing rim is a few mm thick whatever its size (at most this share of the radius):
+#: the hypodense core fills most of the lesion.
+METASTASIS_RIM_MM = 1.5
+METASTASIS_MAX_RIM_SHARE = 0.25
 #: A metastasis's appearance fades out to this normalised radius: its ill-defined margin and halo.
 METASTASIS_FADE = 1.3
 #: Boundary irregularity of each kind (relative radius jitter): sharp cysts, lobulated hemangiomas,
@@ -101,7 +103,7 @@ def lesion_appearance(
         return value + noise, inside.astype(np.float32)
     if kind == "metastasis":
         core, rim, halo = _metastasis_values(rng, phase, liver_hu)
-        rim_start = METASTASIS_RIM_START if diameter_mm >= 10.0 else 0.5
+        rim_start = 1.0 - min(METASTASIS_MAX_RIM_SHARE, METASTASIS_RIM_MM / (diameter_mm / 2))
         value = np.where(rho <= rim_start, core, np.where(rho <= 1.0, rim, halo)).astype(np.float32)
         fade = np.clip((METASTASIS_FADE - rho) / (METASTASIS_FADE - 0.9), 0.0, 1.0).astype(np.float32)
         return value + noise, fade
@@ -129,7 +131,7 @@ def _metastasis_values(rng: np.random.Generator, phase: str, liver_hu: float) ->
         return liver_hu - rng.uniform(20.0, 30.0), liver_hu + rng.uniform(25.0, 45.0), liver_hu
     if phase == "portal-venous":
         core = max(25.0, liver_hu - rng.uniform(45.0, 65.0))
-        return core, liver_hu + rng.uniform(20.0, 35.0), liver_hu - rng.uniform(12.0, 20.0)
+        return core, liver_hu + rng.uniform(5.0, 20.0), liver_hu - rng.uniform(12.0, 20.0)
     if phase == "delayed":  # peripheral washout: the rim ends darker than the centre
         core = liver_hu - rng.uniform(20.0, 30.0)
         return core, core - rng.uniform(10.0, 20.0), liver_hu - 8.0

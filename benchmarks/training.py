@@ -1,0 +1,135 @@
+"""Training-step speed of the 3D residual U-Net on this machine: step time, samples/s and achieved GFLOP/s.
+
+    python benchmarks/training.py [--steps 12] [--warmup 3] [--device cpu] [--variants NAME ...]
+        [--markdown docs/results/training.md]
+
+One step = forward, the training loss, backward and an Adam step, on random blocks with a tumour in
+them (the work does not depend on the values). The FLOP count of a step is measured with PyTorch's FLOP
+counter on the same network and input (forward + backward; the optimiser's few FLOPs are left out), so
+``achieved GFLOP/s`` = counted FLOPs / step time. Networks and blocks:
+
+* demo: the shipped demo network (widths 4-64, 3 classes) on its 32x64x64 blocks at 2.5 mm;
+* paper: the paper's network (widths 8-128, 2 classes) on 32x128x128 blocks (the paper's 64x256x256
+  needs ~30 GB and minutes per step on 2 CPU cores; on a GPU use ``--paper-block 64 256 256``).
+
+Variants (each measured on the same network and blocks):
+
+* ``reference``: what training did before this benchmark existed (the library's oneDNN convolutions,
+  PyTorch's instance norm, contiguous activations, fp32);
+* ``library``: the training step as :class:`livertumor.training.Trainer` runs it now;
+* ``compiled``: the library step under ``torch.compile`` (inductor), compile time reported separately.
+On a GPU, ``library`` runs bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from livertumor.losses import dice_ce_loss
+from livertumor.networks import ResUNet3d, ResUNetConfig
+from livertumor.training import training_step_context
+
+NETWORKS = {
+    "demo": (ResUNetConfig(classes=3, widths=(4, 8, 16, 32, 64)), (32, 64, 64), 2),
+    "paper": (ResUNetConfig(classes=2), (32, 128, 128), 1),
+}
+
+
+def step_flops(config: ResUNetConfig, block: tuple[int, ...], batch: int) -> float:
+    network = ResUNet3d(config)
+    image = torch.rand(batch, 1, *block)
+    target = torch.randint(0, config.classes, (batch, *block))
+    with FlopCounterMode(display=False) as counter:
+        dice_ce_loss(network(image), target).backward()
+    return float(counter.get_total_flops())
+
+
+def time_steps(
+    config: ResUNetConfig, block, batch: int, variant: str, device: torch.device, steps: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds per step, and seconds spent before the first step (compilation)."""
+    torch.manual_seed(0)
+    network = ResUNet3d(config).to(device)
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
+    image = torch.rand(batch, 1, *block, device=device)
+    target = torch.randint(0, config.classes, (batch, *block), device=device)
+    reference = variant == "reference"
+    context = training_step_context(network, device, reference=reference)
+
+    def step() -> None:
+        with context():
+            loss = dice_ce_loss(network(image), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    run = torch.compile(step) if variant == "compiled" else step
+    started = time.perf_counter()
+    run()
+    _sync(device)
+    first = time.perf_counter() - started
+    for _ in range(warmup):
+        run()
+    _sync(device)
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), first
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variants", nargs="+", default=["reference", "library", "compiled"])
+    parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
+    parser.add_argument("--paper-block", type=int, nargs=3)
+    parser.add_argument("--markdown")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    lines = [
+        f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}",
+        "",
+        "| network | block x batch | variant | step (s) | samples/s | GFLOP per step | achieved GFLOP/s "
+        "| speed-up | first step (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in args.networks:
+        config, block, batch = NETWORKS[name]
+        if name == "paper" and args.paper_block:
+            block = tuple(args.paper_block)
+        flops = step_flops(config, block, batch)
+        baseline = None
+        for variant in args.variants:
+            seconds, first = time_steps(config, block, batch, variant, device, args.steps, args.warmup)
+            baseline = baseline or seconds
+            lines.append(
+                f"| {name} | {'x'.join(map(str, block))} x {batch} | {variant} | {seconds:.3f} | {batch / seconds:.2f} "
+                f"| {flops / 1e9:.1f} | {flops / 1e9 / seconds:.1f} | {baseline / seconds:.2f}x | {first:.1f} |"
+            )
+            print(lines[-1], flush=True)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        command = "python benchmarks/training.py " + " ".join(sys.argv[1:])
+        with open(args.markdown, "w") as handle:
+            handle.write(f"# Training speed\n\nCommand: `{command}`\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
