@@ -138,3 +138,27 @@ def test_channels_last_norm_statistics_on_sizes_that_do_not_fold_evenly():
     mean, var = _channels_last_mean_var(values)
     assert torch.allclose(mean, values.mean(dim=(2, 3, 4)), atol=1e-4)
     assert torch.allclose(var, values.var(dim=(2, 3, 4), correction=0), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "out_channels", "kernel", "bias", "depth"),
+    [(4, 4, 3, False, 16), (1, 4, 3, False, 8), (8, 3, 1, True, 8), (4, 8, 3, False, 3), (2, 2, 3, True, 1)],
+)
+def test_batch_one_convolution_gradients_equal_pytorchs(in_channels, out_channels, kernel, bias, depth):
+    """The oneDNN backward of batch-1 training (input gradient by the flipped kernel, weight gradient on
+    the sample split in two along z, odd depths falling back) gives PyTorch's gradients."""
+    from livertumor.networks import Conv3d
+
+    torch.manual_seed(0)
+    conv = Conv3d(in_channels, out_channels, kernel, padding=kernel // 2, bias=bias)
+    x = torch.randn(1, in_channels, depth, 12, 10, requires_grad=True)
+    grad = torch.randn(1, out_channels, depth, 12, 10)
+    conv(x).backward(grad)
+    ours = [x.grad, conv.weight.grad] + ([conv.bias.grad] if bias else [])
+    x_ref = x.detach().clone().requires_grad_(True)
+    weight = conv.weight.detach().clone().requires_grad_(True)
+    bias_ref = conv.bias.detach().clone().requires_grad_(True) if bias else None
+    torch.nn.functional.conv3d(x_ref, weight, bias_ref, padding=kernel // 2).backward(grad)
+    reference = [x_ref.grad, weight.grad] + ([bias_ref.grad] if bias else [])
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))

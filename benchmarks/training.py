@@ -14,11 +14,13 @@ counter on the same network and input (forward + backward; the optimiser's few F
 
 Variants (each measured on the same network and blocks):
 
-* ``reference``: what training did before this benchmark existed (the library's oneDNN convolutions,
-  PyTorch's instance norm, contiguous activations, fp32);
-* ``library``: the training step as :class:`livertumor.training.Trainer` runs it now;
-* ``compiled``: the library step under ``torch.compile`` (inductor), compile time reported separately.
-On a GPU, ``library`` runs bf16 autocast.
+* ``reference``: the step before this benchmark existed: oneDNN forward convolutions, PyTorch's own
+  backward (which takes its im2col path for batch-1 convolutions on the CPU);
+* ``library``: the step as :class:`livertumor.training.Trainer` runs it now (oneDNN backward too, see
+  ``livertumor.networks._BatchOneConv3d``);
+* ``compiled``: the step under ``torch.compile`` (inductor, which picks its own convolution kernels),
+  compile time reported separately.
+On a GPU every variant runs under bf16 autocast.
 """
 
 from __future__ import annotations
@@ -27,26 +29,35 @@ import argparse
 import statistics
 import sys
 import time
+import types
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from livertumor.losses import dice_ce_loss
-from livertumor.networks import ResUNet3d, ResUNetConfig
-from livertumor.training import training_step_context
+from livertumor.losses import weighted_dice_loss
+from livertumor.networks import Conv3d, ResUNet3d, ResUNetConfig
 
 NETWORKS = {
-    "demo": (ResUNetConfig(classes=3, widths=(4, 8, 16, 32, 64)), (32, 64, 64), 2),
+    "demo": (ResUNetConfig(classes=3, widths=(4, 8, 16, 32, 64)), (32, 64, 64), 1),
     "paper": (ResUNetConfig(classes=2), (32, 128, 128), 1),
 }
 
 
+def plain_convolutions(network: torch.nn.Module) -> torch.nn.Module:
+    """The network with PyTorch's own convolution calls, which the FLOP counter and torch.compile see
+    (the library calls oneDNN directly)."""
+    for module in network.modules():
+        if isinstance(module, Conv3d):
+            module.forward = types.MethodType(torch.nn.Conv3d.forward, module)
+    return network
+
+
 def step_flops(config: ResUNetConfig, block: tuple[int, ...], batch: int) -> float:
-    network = ResUNet3d(config)
+    network = plain_convolutions(ResUNet3d(config))
     image = torch.rand(batch, 1, *block)
     target = torch.randint(0, config.classes, (batch, *block))
     with FlopCounterMode(display=False) as counter:
-        dice_ce_loss(network(image), target).backward()
+        weighted_dice_loss(network(image), target).backward()
     return float(counter.get_total_flops())
 
 
@@ -56,15 +67,17 @@ def time_steps(
     """Median seconds per step, and seconds spent before the first step (compilation)."""
     torch.manual_seed(0)
     network = ResUNet3d(config).to(device)
+    if variant == "compiled":
+        plain_convolutions(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     image = torch.rand(batch, 1, *block, device=device)
     target = torch.randint(0, config.classes, (batch, *block), device=device)
-    reference = variant == "reference"
-    context = training_step_context(network, device, reference=reference)
+    Conv3d.batch_one_backward = variant != "reference"
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
 
     def step() -> None:
-        with context():
-            loss = dice_ce_loss(network(image), target)
+        with autocast:
+            loss = weighted_dice_loss(network(image), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -83,6 +96,7 @@ def time_steps(
         run()
         _sync(device)
         times.append(time.perf_counter() - started)
+    Conv3d.batch_one_backward = True
     return statistics.median(times), first
 
 
