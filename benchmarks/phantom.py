@@ -155,7 +155,7 @@ def pictures(real: Path, out: Path) -> None:
         axes[0, 2 * column].imshow(volume[z], **window)
         axes[0, 2 * column].set_title(title)
         middle = volume.shape[1] // 2
-        axes[0, 2 * column + 1].imshow(volume[::-1, middle], aspect=3.0, **window)
+        axes[0, 2 * column + 1].imshow(volume[::-1, middle], **window)
         axes[0, 2 * column + 1].set_title(title.replace("axial", "coronal"))
     for column, phase in enumerate(PHASES):
         phantom = make_phantom(3, phase=phase)

@@ -157,7 +157,8 @@ class CurriculumSamples(Dataset):
 
     ``length`` samples per epoch; call :meth:`set_epoch` before each epoch. Patches are positive
     (around a random tumour, anywhere inside the patch) with probability ``positive_fraction``, else
-    negative (no tumour voxel).
+    negative (no tumour voxel). Whole-volume blocks hold a tumour with probability ``tumour_fraction``
+    (foreground oversampling, as nnU-Net's), else come from the sub-image starts.
     """
 
     def __init__(
@@ -173,11 +174,12 @@ class CurriculumSamples(Dataset):
         positive_fraction: float = 0.5,
         augmentation: Augmentation = Augmentation(),
         region_fraction: float = 0.5,
+        tumour_fraction: float = 0.0,
     ) -> None:
         self.cases, self.kind, self.size, self.stride = list(cases), kind, tuple(size), tuple(stride)
         self.length, self.seed, self.stage, self.task = int(length), int(seed), int(stage), task
         self.positive_fraction, self.augmentation = positive_fraction, augmentation
-        self.region_fraction = region_fraction
+        self.region_fraction, self.tumour_fraction = region_fraction, tumour_fraction
         self.epoch = 0
         self.targets = [case.target(task) for case in self.cases]
         self.all_starts = [sub_image_starts(case.image.shape, self.size, self.stride) for case in self.cases]
@@ -215,7 +217,10 @@ class CurriculumSamples(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.stage, self.epoch, int(index)])
-        if self.kind == "whole":
+        if self.kind == "whole" and self.positive_cases and rng.random() < self.tumour_fraction:
+            case = self.positive_cases[int(rng.integers(len(self.positive_cases)))]
+            start = self._positive_start(case, rng)
+        elif self.kind == "whole":
             case = int(rng.integers(len(self.cases)))
             starts = self.region_starts[case] if rng.random() < self.region_fraction else self.all_starts[case]
             start = starts[int(rng.integers(len(starts)))]

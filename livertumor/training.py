@@ -44,7 +44,7 @@ from .datasets import Case
 from .errors import LiverTumorError
 from .inference import drop_tumour_outside_liver, resolve_device, sliding_window
 from .io import atomic_path
-from .losses import weighted_dice_loss
+from .losses import LOSSES
 from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, metrics_from_stats
 from .models import ModelCard, save_model
 from .networks import ResUNet3d, ResUNetConfig
@@ -78,7 +78,11 @@ class TrainConfig:
     stage_decay: float = 0.1
     positive_fraction: float = 0.5
     region_fraction: float = 0.5
+    #: Share of whole-volume blocks drawn around a tumour (0: the paper's sub-images only).
+    tumour_fraction: float = 0.0
     loss_eps: float = 1.0
+    #: ``weighted-dice`` (the paper's eq. 1-2) or ``dice-ce`` (plus cross-entropy), see losses.LOSSES.
+    loss: str = "weighted-dice"
     augmentation: Augmentation = field(default_factory=Augmentation)
     workers: int = 2
     seed: int = 0
@@ -93,6 +97,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schema not in SCHEMAS:
             raise LiverTumorError(f"unknown schema {self.schema!r}; choose one of {', '.join(SCHEMAS)}")
+        if self.loss not in LOSSES:
+            raise LiverTumorError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
 
     def stage_plan(self) -> list[tuple[str, int, float]]:
         """``(kind, epochs, learning rate)`` per stage."""
@@ -254,6 +260,7 @@ class Trainer:
             config.positive_fraction,
             config.augmentation,
             config.region_fraction,
+            config.tumour_fraction,
         )
         shard = Subset(dataset, range(self.distributed.rank, len(dataset), self.distributed.world))
         loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=config.workers, drop_last=False)
@@ -286,7 +293,7 @@ class Trainer:
                 losses = []
                 for iteration, (image, target) in enumerate(loader):
                     image, target = image.to(self.device), target.to(self.device)
-                    loss = weighted_dice_loss(network(image), target, self.config.loss_eps)
+                    loss = LOSSES[self.config.loss](network(image), target, self.config.loss_eps)
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
