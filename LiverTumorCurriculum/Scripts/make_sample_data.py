@@ -19,7 +19,7 @@ import slicer  # noqa: E402
 from LiverTumorCurriculumLib import mrml  # noqa: E402
 
 from livertumor.io import write_volume  # noqa: E402
-from livertumor.phantom import make_phantom  # noqa: E402
+from livertumor.phantom import LESION_CLASSES, make_phantom  # noqa: E402
 from livertumor.plotting import pyplot, save_figure  # noqa: E402
 
 SEED, SHAPE, SPACING = 7, (64, 192, 192), (2.5, 1.25, 1.25)
@@ -27,7 +27,15 @@ SEED, SHAPE, SPACING = 7, (64, 192, 192), (2.5, 1.25, 1.25)
 
 def main() -> None:
     out = HERE / "Resources" / "SampleData"
-    phantom = make_phantom(seed=SEED, shape=SHAPE, spacing_zyx=SPACING, lesion_count=4)
+    phantom = make_phantom(
+        seed=SEED,
+        shape=SHAPE,
+        spacing_zyx=SPACING,
+        lesion_count=4,
+        kinds=LESION_CLASSES,
+        phase="portal-venous",
+        diameters_mm=(18.0, 35.0, 22.0, 12.0),
+    )
     write_volume(phantom.ct, out / "LiverTumorPhantom.nrrd")
     factory = slicer.vtkSegmentationConverterFactory.GetInstance()
     factory.RegisterConverterRule(slicer.vtkBinaryLabelmapToClosedSurfaceConversionRule())
