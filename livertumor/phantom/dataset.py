@@ -94,18 +94,36 @@ def write_phantom_dataset(
         phases=list(PHASES if phases is None else phases),
         kinds=list(kinds) if kinds else "drawn per liver",
     )
-    for index in range(cases):
+
+    def make_case(index: int, case_seed: int) -> Phantom:
         lesion_free = (index + 1) % LESION_FREE_EVERY == 0
-        case_seed = phantom_case_seed(seed, index)
         count, case_kinds = (0, None) if lesion_free else (None, None)
         if kinds and not lesion_free:
             kind = kinds[index % len(kinds)]
             case_kinds = [kind]
             count = int(np.random.default_rng([case_seed, 2]).integers(1, 7 if kind == "metastasis" else 4))
-        phantom = make_phantom(
+        return make_phantom(
             case_seed, shape, spacing_zyx, lesion_count=count, kinds=case_kinds, phase=draw_phase(case_seed, phases)
         )
-        manifest["cases"].append(case_record(index, case_seed, write_case(phantom, out, index, suffix), phantom))
+
+    return write_cases(out, manifest, cases, seed, suffix, progress, make_case)
+
+
+def write_cases(
+    out: Path,
+    manifest: dict,
+    cases: int,
+    seed: int,
+    suffix: str,
+    progress: Callable[[int, int], None] | None,
+    make_case: Callable[[int, int], Phantom],
+) -> Path:
+    """Write ``make_case(index, case_seed)`` for each case and the manifest listing them; returns the
+    manifest's path."""
+    for index in range(cases):
+        case_seed = phantom_case_seed(seed, index)
+        case = make_case(index, case_seed)
+        manifest["cases"].append(case_record(index, case_seed, write_case(case, out, index, suffix), case))
         if progress:
             progress(index + 1, cases)
     path = out / "manifest.json"

@@ -18,12 +18,12 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import LiverTumorError
-from ..io import check_ct_values, read_image, write_json
+from ..io import check_ct_values, read_image
 from ..preprocess import mask_box
 from ..volume import Volume
 from .anatomy import MAX_LESION_SHARE, Phantom
 from .canvas import Canvas, smooth_field
-from .dataset import case_record, manifest_header, phantom_case_seed, write_case
+from .dataset import manifest_header, write_cases
 from .lesion_kinds import draw_kinds
 from .placement import LesionCanvas, LesionInfo, place_lesions
 from .tissues import PHASES, tissue_table
@@ -158,12 +158,14 @@ def synthesize(
         source_liver=None if isinstance(liver, Volume) else str(liver),
         liver_label=liver_label,
     )
-    for index in range(cases):
-        case_seed = phantom_case_seed(seed, index)
-        case = synthesize_case(ct_volume, liver_volume, case_seed, phase=phase, liver_label=liver_label)
-        manifest["cases"].append(case_record(index, case_seed, write_case(case, out, index, suffix), case))
-        if progress:
-            progress(index + 1, cases)
-    path = out / "manifest.json"
-    write_json(path, manifest)
-    return path
+    return write_cases(
+        out,
+        manifest,
+        cases,
+        seed,
+        suffix,
+        progress,
+        lambda index, case_seed: synthesize_case(
+            ct_volume, liver_volume, case_seed, phase=phase, liver_label=liver_label
+        ),
+    )
