@@ -273,6 +273,12 @@ def test_synthesize_paints_lesions_only_inside_the_real_liver(real_data, tmp_pat
         for lesion in case["lesions"]:
             centre = tuple(np.round(lesion["centre_index_zyx"]).astype(int))
             assert classes[centre] == LESION_CLASSES.index(lesion["kind"]) + 1 or lesion["voxels"] < 30
+            # the scan is stored with flipped x and y axes: the LPS centre goes through its own direction
+            np.testing.assert_allclose(
+                ct.grid.index_to_physical(np.asarray(lesion["centre_index_zyx"])), lesion["centre_lps_mm"], atol=0.01
+            )
+            component = ndimage.label(label == 2, np.ones((3, 3, 3)))[0]
+            assert (component == component[centre]).sum() == lesion["voxels"] or lesion["voxels"] < 30
     assert not np.array_equal(*(read_image(tmp_path / c["volume"]).array for c in manifest["cases"]))
 
 

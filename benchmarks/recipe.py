@@ -16,7 +16,8 @@ Variants:
 * ``dice-ce-batch2``: Dice + CE with x0.5 decay, two blocks per step;
 * ``dice-ce-tumour-half``: Dice + CE, x0.5 decay, half the whole-volume blocks drawn around a tumour
   (foreground oversampling);
-* ``paper-tumour-half``: the paper's loss with x0.5 decay and the same oversampling.
+* ``paper-tumour-half``: the paper's loss with x0.5 decay and the same oversampling;
+* ``paper-slow-decay``: the paper's loss with x0.5 decay per stage.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ VARIANTS = {
     "dice-ce-batch2": {"loss": "dice-ce", "stage_decay": 0.5, "whole_batch": 2},
     "dice-ce-tumour-half": {"loss": "dice-ce", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-tumour-half": {"loss": "weighted-dice", "stage_decay": 0.5, "tumour_fraction": 0.5},
+    "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
 }
 
 
