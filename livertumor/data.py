@@ -98,14 +98,16 @@ def require_tumour(cases: Sequence[PreparedCase], source: str = "the training da
 
 def tumour_patch_size(cases: Sequence[PreparedCase], divisor: int, limit: Sequence[int]) -> tuple[int, int, int]:
     """Stage 2's patch: the largest tumour bounding box of the training set (the paper's rule), rounded up
-    to what the network's poolings need and no larger than the whole-volume block."""
+    to what the network's poolings need, at least two voxels per axis at the deepest level (instance norm
+    needs more than one value to train), and no larger than the whole-volume block."""
     largest = np.zeros(3, int)
     structure = np.ones((3, 3, 3), bool)
     for case in cases:
         ids, _ = ndimage.label(case.label == TUMOUR, structure)
         for box in ndimage.find_objects(ids):
             largest = np.maximum(largest, [s.stop - s.start for s in box])
-    return tuple(min(int(b), int(s)) for b, s in zip(round_up(np.maximum(largest, 1), divisor), limit))
+    minimum = 2 * divisor
+    return tuple(min(max(int(b), minimum), int(s)) for b, s in zip(round_up(np.maximum(largest, 1), divisor), limit))
 
 
 @dataclass(frozen=True)
