@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -54,8 +55,6 @@ def test_patch_size_is_largest_tumour_box_rounded_up(prepared):
 
 def test_patch_of_small_tumours_still_trains(prepared):
     """Tumours smaller than the poolings' divisor gave a one-voxel bottleneck and a crash in training."""
-    from dataclasses import replace
-
     from livertumor.losses import weighted_dice_loss
     from livertumor.networks import TINY, ResUNet3d
 
@@ -305,3 +304,28 @@ def test_tumour_outside_the_largest_liver_component_is_dropped():
     removed = drop_tumour_outside_liver(labels)
     assert removed.sum() == 2 and labels[2:4, 8:11, 8:11].max() == 0
     assert (labels == 2).sum() == 12 and (labels == 1).sum() == 100 - 8
+
+
+def test_work_folder_of_another_run_is_refused_and_restart_discards_it(tiny_data, tmp_path):
+    """A crashed run's checkpoints are resumed only by the same run: other seed or data is refused."""
+    from livertumor.errors import LiverTumorError
+    from livertumor.models import read_card
+
+    cases = find_cases(tiny_data)
+    config = TrainConfig.from_json({**TINY_SETTINGS, "stage_epochs": [1, 1, 1], "iterations_per_epoch": 1})
+    work = tmp_path / "shared.work"
+    train_model(cases[:3], cases[3:4], config, tmp_path / "first", work_dir=work)
+    (tmp_path / "first").rename(tmp_path / "kept")  # the run's checkpoints stay in the work folder
+    with pytest.raises(LiverTumorError, match=r"another run .*other settings: seed.*--restart"):
+        train_model(cases[:3], cases[3:4], replace(config, seed=7), tmp_path / "second", work_dir=work)
+    with pytest.raises(LiverTumorError, match=r"another run .*other data"):
+        train_model(cases[1:4], cases[0:1], config, tmp_path / "second", work_dir=work)
+    assert not (tmp_path / "second").exists()
+    # the same run resumes (nothing left to train), device changes do not matter
+    resumed = train_model(cases[:3], cases[3:4], replace(config, device="auto"), tmp_path / "again", work_dir=work)
+    assert [row["epoch"] for row in resumed.history] == [1, 1, 1]
+    restarted = train_model(
+        cases[:3], cases[3:4], replace(config, seed=7), tmp_path / "second", work_dir=work, restart=True
+    )
+    assert read_card(tmp_path / "second").training_data["settings"]["seed"] == 7
+    assert len(restarted.history) == 3

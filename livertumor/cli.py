@@ -235,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             version="1",
             work_dir=args.work_dir,
             on_event=_training_event_printer(reporter),
+            restart=args.restart,
         )
     finally:
         reporter.close()
@@ -260,6 +261,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             device=args.device,
             workers=args.workers,
             on_event=_training_event_printer(reporter),
+            restart=args.restart,
         )
     finally:
         reporter.close()
@@ -552,13 +554,19 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--seed", type=int, help="seed of the split, the weights and the samples")
         command.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
         command.add_argument("--workers", type=int, help="data-loading worker processes (default 2)")
+        command.add_argument(
+            "--restart",
+            action="store_true",
+            help="discard checkpoints that another run (other data, settings, seed or parent) left in the work folder",
+        )
         _add_progress_option(command)
 
     train = commands.add_parser(
         "train",
         help="train a tumour segmentation model (three-stage curriculum or a compared schema)",
         description="Train the 3D residual U-Net on labelled CTs (0 background, 1 liver, 2 tumour). Checkpoints "
-        "and logs go to OUT.work; running the same command again resumes an interrupted run. Runs under torchrun "
+        "and logs go to OUT.work; running the same command again resumes an interrupted run (another run's "
+        "checkpoints there are refused: --restart discards them). Runs under torchrun "
         "use DistributedDataParallel.",
     )
     training_options(train)

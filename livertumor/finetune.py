@@ -45,12 +45,14 @@ def finetune(
     device: str | None = None,
     workers: int | None = None,
     on_event: Event | None = None,
+    restart: bool = False,
 ) -> Path:
     """Fine-tune ``model`` (None: the default model) on ``cases`` with the three-stage curriculum; returns
     the new model's folder.
 
     Architecture and preprocessing come from the model's card (one source of truth); the new card names
-    its parent and holds the validation metrics before and after.
+    its parent and holds the validation metrics before and after. A work folder left by another run is
+    refused unless ``restart`` (see :func:`~livertumor.training.train_model`).
     """
     problems = check_cases(cases)
     if problems:
@@ -82,5 +84,6 @@ def finetune(
         initial=initial,
         parent=f"{card.name}:{card.version}",
         on_event=on_event,
+        restart=restart,
     )
     return result.model_dir

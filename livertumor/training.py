@@ -427,6 +427,57 @@ def _liver_crop(case: PreparedCase, margin_mm: float) -> PreparedCase:
     return PreparedCase(case.name, case.image[window], case.label[window], case.grid.crop(start, stop))
 
 
+#: Settings that may change between a run and its resumption (where it runs, not what it learns).
+_RESUMABLE_SETTINGS = ("device", "workers")
+
+
+def run_fingerprint(train: Sequence[Case], validation: Sequence[Case], config: TrainConfig, parent: str | None) -> dict:
+    """What a checkpoint was made from: settings, parent model, and each case's files (path, size,
+    modification time). A resume must match it exactly."""
+
+    def files(cases: Sequence[Case]) -> list[list]:
+        rows = []
+        for case in cases:
+            for path in (Path(case.image), Path(case.label)):
+                stat = path.stat()
+                rows.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        return rows
+
+    settings = {k: v for k, v in config.to_json().items() if k not in _RESUMABLE_SETTINGS}
+    return {"settings": settings, "parent": parent, "train": files(train), "validation": files(validation)}
+
+
+def claim_work_dir(work: Path, fingerprint: dict, restart: bool) -> None:
+    """Make ``work`` this run's folder: a new one records the fingerprint; one with checkpoints of another
+    run (other data, settings, seed or parent) is refused, or emptied with ``restart``."""
+    record = work / "run.json"
+    checkpoints = list(work.glob("*.safetensors")) if work.is_dir() else []
+    if checkpoints and not restart:
+        previous = json.loads(record.read_text()) if record.is_file() else None
+        if previous != json.loads(json.dumps(fingerprint)):
+            what = "an unrecorded run" if previous is None else _difference(previous, fingerprint)
+            raise LiverTumorError(
+                f"the work folder {work} holds checkpoints of another run ({what}); resuming would mix them. "
+                "Pass --restart to discard them, or choose another --out / --work-dir"
+            )
+    if restart:
+        for path in checkpoints + list(work.glob("*-log.csv")):
+            path.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(record) as temporary:
+        temporary.write_text(json.dumps(fingerprint, indent=1))
+
+
+def _difference(previous: dict, fingerprint: dict) -> str:
+    now = json.loads(json.dumps(fingerprint))
+    if previous.get("train") != now["train"] or previous.get("validation") != now["validation"]:
+        return "other data"
+    if previous.get("parent") != now["parent"]:
+        return "another parent model"
+    changed = sorted(k for k in now["settings"] if previous.get("settings", {}).get(k) != now["settings"][k])
+    return "other settings: " + ", ".join(changed) if changed else "other settings"
+
+
 def train_model(
     train: Sequence[Case],
     validation: Sequence[Case],
@@ -438,11 +489,13 @@ def train_model(
     initial: dict[str, dict[str, torch.Tensor]] | None = None,
     parent: str | None = None,
     on_event: Event | None = None,
+    restart: bool = False,
 ) -> TrainResult:
     """Prepare the cases, train every network of the schema, save the model folder ``out``.
 
-    ``work_dir`` holds checkpoints and logs (default ``out`` + ``.work``); running again with the same
-    ``work_dir`` resumes. ``initial`` maps network roles to starting weights (fine-tuning).
+    ``work_dir`` holds checkpoints and logs (default ``out`` + ``.work``); running the same run again
+    (same data, settings, seed and parent) resumes; another run's checkpoints there are refused unless
+    ``restart`` discards them. ``initial`` maps network roles to starting weights (fine-tuning).
     """
     out = Path(out)
     if config.schema == "cascade" and config.architecture.classes != 2:
@@ -452,6 +505,8 @@ def train_model(
 
         raise ModelExistsError(f"{out} exists; models are never overwritten: choose a new --out")
     work = Path(work_dir) if work_dir else out.with_name(out.name + ".work")
+    if int(os.environ.get("RANK", "0")) == 0:
+        claim_work_dir(work, run_fingerprint(train, validation, config, parent), restart)
     emit = on_event or (lambda event: None)
     emit({"event": "preparing", "cases": len(train) + len(validation)})
     train_prepared = [prepare_case(case, config.preprocess) for case in train]
