@@ -308,3 +308,12 @@ def test_synthesize_command_writes_the_lits_layout(real_data, tmp_path, capsys):
     assert json.loads((tmp_path / "manifest.json").read_text())["cases"][0]["phase"] == "portal-venous"
     assert main([*arguments[:-1], "200", "-o", str(tmp_path / "none")]) == 2
     assert "no liver" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("sigma", [0.4, 0.6, 1.3])
+def test_slab_blur_along_z_equals_scipys(sigma):
+    from livertumor.phantom.anatomy import _blur_slices
+
+    volume = np.random.default_rng(0).random((9, 5, 4)).astype(np.float32)
+    expected = ndimage.gaussian_filter1d(volume, sigma, axis=0, truncate=3.0, mode="nearest")
+    np.testing.assert_allclose(_blur_slices(volume, sigma), expected, atol=1e-6)

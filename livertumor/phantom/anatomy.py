@@ -220,13 +220,14 @@ def _blur_slices(volume: np.ndarray, sigma: float) -> np.ndarray:
     taps = (taps / taps.sum()).astype(np.float32)
     out = volume * taps[radius]
     depth = volume.shape[0]
+    index = np.arange(depth)
     for offset in range(1, radius + 1):
         weight = taps[radius + offset]
         for shift in (offset, -offset):
-            source = np.clip(np.arange(depth) + shift, 0, depth - 1)
             inner = slice(max(0, -shift), depth - max(0, shift))
             out[inner] += weight * volume[inner.start + shift : inner.stop + shift]
-            edge = np.flatnonzero((np.arange(depth) + shift < 0) | (np.arange(depth) + shift >= depth))
+            source = np.clip(index + shift, 0, depth - 1)
+            edge = np.flatnonzero(source != index + shift)  # slices beyond the ends repeat the end slice
             if edge.size:
                 out[edge] += weight * volume[source[edge]]
     return out
@@ -275,14 +276,10 @@ class _Body:
         """A point ``dz`` mm (scaled) below the dome, at body-relative ``v`` (posterior) and ``u`` (left)."""
         return np.array([self.dome + dz * self.s_z, self.y0 + v * self.by, self.x0 + u * self.bx], np.float32)
 
-    def radial(self) -> np.ndarray:
-        """Body-relative radius, full volume (1 on the skin)."""
-        return self.r2[None] / self.taper[:, None, None]
-
     # -- groups ----------------------------------------------------------------------------------------
     def paint_background(self, painter: _Painter, detail: np.ndarray, bowel: np.ndarray) -> None:
         """Body wall, viscera, table, lung bases and diaphragm, drawn in one pass as a map of tissues."""
-        radius = self.radial()
+        radius = self.r2[None] / self.taper[:, None, None]  # body-relative, 1 on the skin
         wall = 1.0 - self.fat_t[None]
         self.interior = radius <= wall - self.muscle_t
         index = ORGAN_MAP_TISSUES.index
