@@ -450,11 +450,12 @@ def run_fingerprint(train: Sequence[Case], validation: Sequence[Case], config: T
 def claim_work_dir(work: Path, fingerprint: dict, restart: bool) -> None:
     """Make ``work`` this run's folder: a new one records the fingerprint; one with checkpoints of another
     run (other data, settings, seed or parent) is refused, or emptied with ``restart``."""
+    fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from run.json
     record = work / "run.json"
     checkpoints = list(work.glob("*.safetensors")) if work.is_dir() else []
     if checkpoints and not restart:
         previous = json.loads(record.read_text()) if record.is_file() else None
-        if previous != json.loads(json.dumps(fingerprint)):
+        if previous != fingerprint:
             what = "an unrecorded run" if previous is None else _difference(previous, fingerprint)
             raise LiverTumorError(
                 f"the work folder {work} holds checkpoints of another run ({what}); resuming would mix them. "
@@ -468,8 +469,8 @@ def claim_work_dir(work: Path, fingerprint: dict, restart: bool) -> None:
         temporary.write_text(json.dumps(fingerprint, indent=1))
 
 
-def _difference(previous: dict, fingerprint: dict) -> str:
-    now = json.loads(json.dumps(fingerprint))
+def _difference(previous: dict, now: dict) -> str:
+    """What differs between two recorded run fingerprints, in words."""
     if previous.get("train") != now["train"] or previous.get("validation") != now["validation"]:
         return "other data"
     if previous.get("parent") != now["parent"]:

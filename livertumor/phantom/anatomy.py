@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..preprocess import mask_box
 from ..volume import Volume
 from .canvas import Canvas, centred_grid, gaussian_noise_gain, smooth_field
 from .lesion_kinds import draw_kinds
@@ -52,8 +51,6 @@ ORGAN_MAP_TISSUES = tuple(tissue_table("native"))
 
 DEFAULT_SHAPE = (128, 256, 256)
 DEFAULT_SPACING_ZYX = (2.0, 1.5, 1.5)
-#: Lesions never exceed this share of the liver's smallest extent.
-MAX_LESION_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -128,7 +125,7 @@ def make_phantom(
     None draws a metastatic liver (1-6 metastases, sometimes a cyst) or a benign one (1-3 cysts or
     hemangiomas); ``kinds`` fixes each lesion's kind, cycling when shorter than the count. Anatomy scales
     down to fit a small field of view; lesion sizes stay in mm (5-80 mm) but never exceed
-    :data:`MAX_LESION_SHARE` of the liver's smallest extent. ``organ_map`` also returns which tissue
+    :data:`.placement.MAX_LESION_SHARE` of the liver's smallest extent. ``organ_map`` also returns which tissue
     each voxel holds (before lesions; :data:`ORGAN_MAP_TISSUES`), for measuring the phantom;
     ``diameters_mm`` fixes the lesions' sizes (cycling).
     """
@@ -161,8 +158,6 @@ def make_phantom(
     else:
         count = len(kinds) if lesion_count is None else int(lesion_count)
         lesion_kinds = [kinds[i % len(kinds)] for i in range(count)] if kinds else draw_kinds(rng, count)
-        lesion_kinds = lesion_kinds if count else []
-    extent = _liver_extent_mm(liver, spacing)
     lesions = place_lesions(
         rng,
         LesionCanvas(canvas, painter.hu, liver, vessels, lesion_id, lesion_class, detail),
@@ -170,7 +165,6 @@ def make_phantom(
         phase,
         liver_hu=table["liver"][0],
         blood_hu=table["blood"][0],
-        max_diameter_mm=min(80.0, MAX_LESION_SHARE * extent),
         diameters_mm=diameters_mm,
     )
     del texture, detail, vessels
@@ -187,12 +181,6 @@ def make_phantom(
         phase=phase,
         organs=None if painter.organs is None else Volume(painter.organs, grid),
     )
-
-
-def _liver_extent_mm(liver: np.ndarray, spacing: np.ndarray) -> float:
-    if not liver.any():
-        return 0.0
-    return float(min((s.stop - s.start) * d for s, d in zip(mask_box(liver, spacing, 0.0), spacing)))
 
 
 def _image(rng: np.random.Generator, hu: np.ndarray, spacing: np.ndarray) -> np.ndarray:

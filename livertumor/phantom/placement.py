@@ -10,13 +10,15 @@ from scipy import ndimage
 
 from ..preprocess import mask_box
 from .canvas import Canvas
-from .lesion_kinds import BOUNDARY_JITTER, LESION_CLASSES, draw_diameter, lesion_appearance
+from .lesion_kinds import BOUNDARY_JITTER, LESION_CLASSES, SIZE_RANGES_MM, draw_diameter, lesion_appearance
 
 #: Where a lesion's centre is drawn: anywhere in the liver, beside a vessel, at the liver's edge.
 PLACEMENTS = ("parenchyma", "near-vessel", "subcapsular")
 PLACEMENT_PROBABILITIES = (0.55, 0.25, 0.2)
 #: Share of a lesion's ellipsoid that must lie in the liver (subcapsular lesions are cut by the capsule).
 MIN_INSIDE = {"parenchyma": 0.85, "near-vessel": 0.8, "subcapsular": 0.55}
+#: Lesions never exceed this share of the liver's smallest extent.
+MAX_LESION_SHARE = 0.45
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,11 @@ def place_lesions(
     phase: str,
     liver_hu: float,
     blood_hu: float,
-    max_diameter_mm: float,
     diameters_mm: Sequence[float] | None = None,
 ) -> tuple[LesionInfo, ...]:
     """Draw one lesion per entry of ``kinds`` inside the liver without overlap, paint it, describe it.
-    ``diameters_mm`` fixes the sizes (cycling); None draws them.
+    ``diameters_mm`` fixes the sizes (cycling); None draws them. No lesion exceeds
+    :data:`MAX_LESION_SHARE` of the liver's smallest extent.
 
     A lesion with no room left in the liver after 60 tries is skipped (the manifest lists what was
     drawn).
@@ -73,7 +75,10 @@ def place_lesions(
     if not kinds or not target.liver.any():
         return ()
     canvas, grid = target.canvas, target.canvas.grid
-    pools = _centre_pools(target)
+    box = mask_box(target.liver, (1.0, 1.0, 1.0), 0.0)
+    pools = _centre_pools(target, box)
+    extent = min((s.stop - s.start) * d for s, d in zip(box, canvas.spacing))
+    max_diameter_mm = min(SIZE_RANGES_MM[-1][1], MAX_LESION_SHARE * float(extent))
     gap = 2.0 * float(canvas.spacing.max())  # keeps lesions apart even on the coarsest axis
     placed: list[tuple[np.ndarray, float]] = []
     infos = []
@@ -136,10 +141,9 @@ def place_lesions(
     return tuple(infos)
 
 
-def _centre_pools(target: LesionCanvas) -> dict[str, np.ndarray]:
-    """Flat indices of candidate lesion centres per placement, computed inside the liver's box."""
+def _centre_pools(target: LesionCanvas, box: tuple[slice, slice, slice]) -> dict[str, np.ndarray]:
+    """Flat indices of candidate lesion centres per placement, computed inside the liver's ``box``."""
     liver = target.liver
-    box = mask_box(liver, (1.0, 1.0, 1.0), 0.0)
     local = liver[box]
     edge = local & ~ndimage.binary_erosion(local)
     near_vessel = np.zeros_like(local) if target.vessels is None else target.vessels[box] & local

@@ -21,7 +21,7 @@ from ..errors import LiverTumorError
 from ..io import check_ct_values, read_image
 from ..preprocess import mask_box
 from ..volume import Volume
-from .anatomy import MAX_LESION_SHARE, Phantom
+from .anatomy import Phantom
 from .canvas import Canvas, smooth_field
 from .dataset import manifest_header, write_cases
 from .lesion_kinds import draw_kinds
@@ -70,7 +70,6 @@ def synthesize_case(
     phase = estimate_phase(source, mask) if phase is None else phase
     table = tissue_table(phase)
     spacing = np.asarray(ct.grid.spacing_zyx)
-    box = mask_box(mask, spacing, 0.0)
     window = mask_box(mask, spacing, BOX_MARGIN_MM)
     start, stop = [s.start for s in window], [s.stop for s in window]
     hu = source[window].copy()
@@ -79,7 +78,6 @@ def synthesize_case(
     residual = hu - ndimage.gaussian_filter(hu, 1.0, truncate=3.0)
     lesion_id = np.zeros(hu.shape, np.uint8)
     lesion_class = np.zeros(hu.shape, np.uint8)
-    extent = float(min((s.stop - s.start) * d for s, d in zip(box, spacing)))
     target = LesionCanvas(
         canvas,
         hu,
@@ -99,7 +97,6 @@ def synthesize_case(
         phase,
         liver_hu=float(np.median(source[mask])),
         blood_hu=table["blood"][0],
-        max_diameter_mm=min(80.0, MAX_LESION_SHARE * extent),
     )
     out_ct = ct.array.copy()
     painted = np.asarray(hu)
