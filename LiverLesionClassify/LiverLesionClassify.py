@@ -11,9 +11,8 @@ from typing import Annotated
 import qt
 import slicer
 from LiverLesionClassifyLib import LiverLesionClassifyLogic
-from LiverTumorCurriculumLib import dependencies, mrml
-from LiverTumorCurriculumLib.widgetbase import JobWidgetMixin
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -23,20 +22,23 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from LiverTumorAICommon import dependencies, mrml
+from LiverTumorAICommon.widgetbase import JobWidgetMixin
+
 
 class LiverLesionClassify(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Liver Lesion Classify"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("Liver Lesion Classify")
+        self.parent.categories = [_("Segmentation")]
         self.parent.dependencies = ["LiverTumorCurriculum"]
         self.parent.contributors = ["LiverTumorAI contributors"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Classify each liver lesion (a segment, or each connected component of a tumour segment) as cyst, "
             "hemangioma or metastasis with a 2D U-Net with SE-ResNet encoder (joint pixel-wise classification, "
             "majority vote). Research use only, not for diagnosis."
         )
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Method: Heker and Greenspan, joint liver lesion segmentation and classification."
         )
 
@@ -51,11 +53,18 @@ class LiverLesionClassifyParameterNode:
 class LiverLesionClassifyParameterLogic(ScriptedLoadableModuleLogic):
     """Only the parameter node; the work is LiverLesionClassifyLogic's."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.moduleName = "LiverLesionClassify"  # not the class name minus "Logic"
+
     def getParameterNode(self):
         return LiverLesionClassifyParameterNode(super().getParameterNode())
 
 
 class LiverLesionClassifyWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VTKObservationMixin):
+    modelKind = "lesion"
+    libPackages = ("LiverTumorAICommon", "LiverLesionClassifyLib")
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -75,61 +84,53 @@ class LiverLesionClassifyWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, VT
         self.ui.overrideButton.connect("clicked(bool)", self.onOverride)
         self.ui.exportJsonButton.connect("clicked(bool)", lambda: self.onExport("json"))
         self.ui.exportCsvButton.connect("clicked(bool)", lambda: self.onExport("csv"))
+        self.ui.classTableView.setSelectionBehavior(qt.QAbstractItemView.SelectRows)
         self.refreshModels()
         self.initializeParameterNode()
 
     def updateButtons(self, caller=None, event=None) -> None:
         parameters = self._parameterNode
         ready = bool(parameters and parameters.inputVolume and parameters.inputSegmentation)
-        self.ui.classifyButton.enabled = ready and self.job is None
-        self.ui.cancelButton.enabled = self.job is not None
+        self.ui.classifyButton.enabled = ready and not self.jobs.running
+        self.ui.cancelButton.enabled = self.jobs.running
         for button in (self.ui.overrideButton, self.ui.exportJsonButton, self.ui.exportCsvButton):
             button.enabled = self.table is not None
-
-    def refreshModels(self) -> None:
-        self.ui.modelSelector.clear()
-        if dependencies.missing():
-            self.ui.modelSelector.addItem("demo-lesions (default)", "")
-            return
-        from livertumor.models import list_models
-
-        for entry in list_models():
-            if entry.kind == "lesion" and entry.method != "seg":
-                self.ui.modelSelector.addItem(f"{entry.name}:{entry.version} ({entry.method})", str(entry.path))
 
     def onClassify(self) -> None:
         if not self.dependenciesReady():
             return
         parameters = self._parameterNode
-        with slicer.util.tryWithErrorDisplay("Classification could not start.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Classification could not start."), waitCursor=True):
             job = self.logic.start_classify(
                 parameters.inputVolume,
                 parameters.inputSegmentation,
                 model=self.ui.modelSelector.currentData or None,
                 device=parameters.device,
-                progress=self.showProgress,
+                progress=self.jobs.progress,
             )
-            self.startJob(job, "classifying...")
+            self.startJob(job, _("classifying..."))
 
-    def onJobFinished(self, job) -> None:
+    def onJobFinished(self, job) -> str:
         self.table = job.result
         self.ui.classTableView.setMRMLTableNode(self.table)
-        self.ui.statusLabel.text = f"{len(mrml.table_rows(self.table))} lesions classified"
+        return _("{count} lesions classified").format(count=len(mrml.table_rows(self.table)))
 
     def onOverride(self) -> None:
-        rows = self.ui.classTableView.selectedMRMLTableRowIndexes()
+        view = self.ui.classTableView
+        source = [view.sortFilterProxyModel().mapToSource(i).row() for i in view.selectionModel().selectedIndexes()]
+        rows = mrml.selected_table_rows(source, self.table)
         if not rows:
-            self.ui.statusLabel.text = "Select a lesion row first."
+            self.ui.statusLabel.text = _("Select a lesion row first.")
             return
-        with slicer.util.tryWithErrorDisplay("The class could not be set."):
-            self.logic.set_class(
-                self._parameterNode.inputSegmentation, self.table, rows[0], self.ui.overrideSelector.currentText
-            )
+        with slicer.util.tryWithErrorDisplay(_("The class could not be set.")):
+            self.logic.set_class(self.table, rows[0], self.ui.overrideSelector.currentText)
 
     def onExport(self, kind: str) -> None:
-        path = qt.QFileDialog.getSaveFileName(None, f"Export lesion classes ({kind.upper()})", "", f"*.{kind}")
+        path = qt.QFileDialog.getSaveFileName(
+            None, _("Export lesion classes ({kind})").format(kind=kind.upper()), "", f"*.{kind}"
+        )
         if path:
-            with slicer.util.tryWithErrorDisplay("Export failed."):
+            with slicer.util.tryWithErrorDisplay(_("Export failed.")):
                 self.logic.export(self.table, **{f"{kind}_path": path})
 
 
@@ -142,6 +143,7 @@ class LiverLesionClassifyTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.assertTrue(dependencies.ensure(lambda message: True, dependencies.slicer_installer, self.fail))
         self.test_classify_phantom_lesions()
 
     def test_classify_phantom_lesions(self):

@@ -317,3 +317,35 @@ def test_slab_blur_along_z_equals_scipys(sigma):
     volume = np.random.default_rng(0).random((9, 5, 4)).astype(np.float32)
     expected = ndimage.gaussian_filter1d(volume, sigma, axis=0, truncate=3.0, mode="nearest")
     np.testing.assert_allclose(_blur_slices(volume, sigma), expected, atol=1e-6)
+
+
+def test_radiological_axial_view_puts_the_liver_on_the_image_left_and_the_spine_down(anatomy):
+    """The pictures (README, docs) show axial slices as radiologists read them; the phantom's liver lies
+    on the patient's right and the spine posterior, whichever way the array is stored."""
+    from livertumor.plotting import radiological_axial
+    from livertumor.volume import Grid
+
+    phantom = anatomy["portal-venous"]
+    label = phantom.label.array
+    z = int(np.nonzero((label == 1).any((1, 2)))[0].mean())
+    grid = phantom.ct.grid
+    view = radiological_axial(label, grid, z)
+    _, columns = np.nonzero(view == 1)
+    assert columns.mean() < view.shape[1] / 2  # liver: patient's right = image left
+    body_rows = np.nonzero((radiological_axial(phantom.ct.array, grid, z) > -500).any(1))[0]
+    canal = radiological_axial(phantom.organs.array, grid, z) == ORGAN_MAP_TISSUES.index("csf")
+    assert np.nonzero(canal)[0].mean() > (body_rows[0] + body_rows[-1]) / 2  # spine: posterior = image bottom
+    # the same patient stored as RAS (x and y flipped) and transposed gives the same picture
+    flipped_origin = grid.index_to_physical(np.array([0, grid.shape[1] - 1, grid.shape[2] - 1], float))
+    ras = Grid(grid.shape, grid.spacing, tuple(flipped_origin), grid.direction @ np.diag([-1.0, -1.0, 1.0]))
+    assert np.array_equal(radiological_axial(label[:, ::-1, ::-1], ras, z), view)
+    transposed = Grid(
+        (grid.shape[0], grid.shape[2], grid.shape[1]),
+        (grid.spacing[1], grid.spacing[0], grid.spacing[2]),
+        grid.origin,
+        grid.direction[:, [1, 0, 2]],
+    )
+    assert np.array_equal(radiological_axial(label.transpose(0, 2, 1), transposed, z), view)
+    coronal = Grid(grid.shape, grid.spacing, grid.origin, grid.direction[:, [0, 2, 1]])
+    with pytest.raises(ValueError, match="no axial slices"):
+        radiological_axial(label, coronal, z)

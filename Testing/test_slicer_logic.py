@@ -14,22 +14,24 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
+import vtk
 from conftest import DIRECTIONS, REPO
 
-for module_dir in ("LiverTumorCurriculum", "LiverLesionClassify"):
-    sys.path.insert(0, str(REPO / module_dir))
+for module_dir in (REPO, REPO / "LiverTumorCurriculum", REPO / "LiverLesionClassify"):
+    sys.path.insert(0, str(module_dir))
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is a test dependency (pip install -e .[test])")
 
 from LiverLesionClassifyLib import LiverLesionClassifyLogic  # noqa: E402
-from LiverTumorCurriculumLib import LiverTumorCurriculumLogic, mrml  # noqa: E402
-from LiverTumorCurriculumLib.process import Cancelled, ProcessFailed  # noqa: E402
+from LiverTumorCurriculumLib import LiverTumorCurriculumLogic  # noqa: E402
 
 from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError  # noqa: E402
 from livertumor.io import read_ct, read_image, read_label  # noqa: E402
 from livertumor.lesions.measure import measure_lesions  # noqa: E402
 from livertumor.phantom import LESION_CLASSES  # noqa: E402
 from livertumor.volume import Grid, Volume  # noqa: E402
+from LiverTumorAICommon import mrml  # noqa: E402
+from LiverTumorAICommon.process import Cancelled, ProcessFailed  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -308,12 +310,12 @@ def test_classify_segments_table_override_and_export(scene, multi_lesion_case, l
     for row in rows:
         union |= mrml.segment_mask(segmentation, row["segment"], volume)
     assert np.array_equal(union, label.array == 2)
-    logic.set_class(segmentation, table, 0, "hemangioma")
+    logic.set_class(table, 0, "hemangioma")
     segment = segmentation.GetSegmentation().GetSegment(rows[0]["segment"])
     assert segment.GetName().startswith("Liver hemangioma") and "400210000" in segment.GetTerminology()
     assert mrml.table_rows(table)[0]["class"] == "hemangioma"
     with pytest.raises(LiverTumorError, match="unknown class"):
-        logic.set_class(segmentation, table, 0, "adenoma")
+        logic.set_class(table, 0, "adenoma")
     logic.export(table, tmp_path / "lesions.json", tmp_path / "lesions.csv")
     assert json.loads((tmp_path / "lesions.json").read_text())["lesions"][0]["class"] == "hemangioma"
     assert (tmp_path / "lesions.csv").read_text().splitlines()[0].startswith("id,")
@@ -358,17 +360,286 @@ def test_sample_data_segmentation_loads_on_its_ct(scene):
     assert "108369006" in segmentation.GetSegmentation().GetSegment(tumour).GetTerminology()
 
 
-def test_logic_packages_import_without_qt_or_the_application():
+def test_logic_packages_import_without_qt_the_application_or_heavy_libraries():
+    """Slicer imports every module at start-up: their Lib packages must not pull in Qt, torch, scipy,
+    SimpleITK or the phantom code (imported where used)."""
     import subprocess
 
+    heavy = ["qt", "torch", "scipy", "SimpleITK", "livertumor.phantom", "matplotlib"]
     code = (
-        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]]; "
-        "import LiverTumorCurriculumLib, LiverLesionClassifyLib; "
-        "assert not {'qt', 'torch'} & set(sys.modules), sorted({'qt', 'torch'} & set(sys.modules))"
+        "import sys; sys.path[:0] = sys.argv[1:4]; "
+        "import LiverTumorCurriculumLib, LiverLesionClassifyLib, LiverTumorAICommon.dependencies; "
+        f"loaded = sorted(set({heavy!r}) & set(sys.modules)); assert not loaded, loaded"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClassify")],
-        capture_output=True,
-        text=True,
-    )
+    folders = [str(REPO), str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClassify")]
+    result = subprocess.run([sys.executable, "-c", code, *folders], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+# ---- Slicer 5.6-5.10 review fixes (issue 13) ------------------------------------------------------------
+
+
+class _Slicer56Segment:
+    """A vtkSegment as Slicer 5.6/5.8 has it: no SetTerminology/GetTerminology (5.10+)."""
+
+    def __init__(self, segment) -> None:
+        self._segment = segment
+
+    def __getattr__(self, name: str):
+        if name in ("SetTerminology", "GetTerminology", "HasTerminology"):
+            raise AttributeError(f"vtkSegment has no {name} in Slicer 5.6")
+        return getattr(self._segment, name)
+
+
+def test_terms_are_written_with_the_tag_api_slicer_5_6_has(scene, tiny_case):
+    _, segmentation = _labels_in_scene(scene, tiny_case)
+    segment = segmentation.GetSegmentation().GetNthSegment(1)
+    term = mrml.load_terms()["metastasis"]
+    mrml.apply_term(_Slicer56Segment(segment), term)
+    assert segment.GetName() == term.name
+    tag = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag) and tag.get() == term.terminology
+
+
+def test_segment_masks_are_read_without_temporary_nodes(scene, tiny_case):
+    volume, segmentation = _labels_in_scene(scene, tiny_case)
+    added = []
+    tag = scene.AddObserver(scene.NodeAddedEvent, lambda caller, event: added.append(event))
+    try:
+        for index in range(2):
+            mrml.segment_mask(segmentation, segmentation.GetSegmentation().GetNthSegmentID(index), volume)
+    finally:
+        scene.RemoveObserver(tag)
+    assert added == []
+
+
+def _translated(scene, offset_ras):
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "moved")
+    matrix = vtk.vtkMatrix4x4()
+    for axis, value in enumerate(offset_ras):
+        matrix.SetElement(axis, 3, value)
+    transform.SetMatrixTransformToParent(matrix)
+    return transform
+
+
+def test_transformed_ct_gets_its_segmentation_once_transformed_and_lesions_in_world(scene, tiny_case):
+    """A CT under a translation: the segmentation goes under the same transform with the CT's own
+    geometry (not transformed twice), masks round-trip, and a lesion row jumps to the moved position."""
+    ct, label = tiny_case
+    volume = mrml.add_volume_node(scene, ct, "ct")
+    offset = (10.0, -20.0, 30.0)
+    volume.SetAndObserveTransformNodeID(_translated(scene, offset).GetID())
+    segmentation = mrml.add_segmentation_node(scene, volume, [("tumor", label.array == 2)], "seg")
+    assert segmentation.GetParentTransformNode() is volume.GetParentTransformNode()
+    geometry = segmentation.GetSegmentation().GetConversionParameter("Reference image geometry")
+    ijk_to_ras = [float(v) for v in geometry.split(";")[:16]]
+    assert np.allclose(np.reshape(ijk_to_ras, (4, 4)), mrml._ijk_to_ras(volume))
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    assert np.array_equal(mrml.segment_mask(segmentation, segment_id, volume), label.array == 2)
+    _, measured = measure_lesions(label, label=2)
+    table = mrml.lesion_table(scene, [m.to_json() for m in measured], "lesions", volume)
+    local = mrml.RAS_FROM_LPS @ np.asarray(measured[0].centroid_lps_mm)
+    assert np.allclose(mrml.lesion_centre_ras(table, 0), local + offset, atol=0.01)
+
+
+def test_segmentation_under_another_transform_is_refused(scene, tiny_case):
+    volume, segmentation = _labels_in_scene(scene, tiny_case)
+    segmentation.SetAndObserveTransformNodeID(_translated(scene, (5.0, 0.0, 0.0)).GetID())
+    with pytest.raises(GridMismatchError, match="different transforms"):
+        mrml.segment_mask(segmentation, segmentation.GetSegmentation().GetNthSegmentID(0), volume)
+
+
+def test_lesion_tables_are_locked_with_titles_as_headers_and_rows_map_from_the_view(scene, multi_lesion_case):
+    ct, label = multi_lesion_case
+    volume = mrml.add_volume_node(scene, ct, "ct")
+    _, measured = measure_lesions(label, label=2)
+    table = mrml.lesion_table(scene, [m.to_json() for m in measured], "lesions", volume)
+    # column names as headers: no editable first row holding them; read-only
+    assert table.GetUseColumnTitleAsColumnHeader() and table.GetLocked()
+    assert table.GetNodeReference(mrml.VOLUME_REFERENCE_ROLE) is volume
+    count = len(measured)
+    assert mrml.selected_table_rows([count - 1, 0, 0, count, -1], table) == [0, count - 1]
+    assert mrml.selected_table_rows([], table) == []
+
+
+def test_reader_survives_invalid_utf8_and_the_run_finishes(tmp_path):
+    """A child that prints bytes no encoding reads: the line is kept (with replacement characters), the
+    events still arrive, poll() ends."""
+    from LiverTumorAICommon.process import LibraryProcess
+
+    child = tmp_path / "python"
+    child.write_text(
+        '#!/bin/sh\nprintf \'caf\\351 \\377\\376 broken\\n{"progress": 0.5, "message": "half"}\\n\'\n'
+        "printf '%s\\n' \"$PYTHONIOENCODING\"\n"
+    )
+    child.chmod(0o755)
+    events = []
+    process = LibraryProcess(["segment"], events.append, python=str(child)).start()
+    deadline = time.time() + 20
+    while not process.poll():
+        assert time.time() < deadline, "poll() never finished"
+        time.sleep(0.02)
+    process.check()
+    assert events == [{"progress": 0.5, "message": "half"}]
+    assert process.log[0].startswith("caf\ufffd") and "broken" in process.log[0]
+    assert process.log[1] == "utf-8"  # the child is told to write UTF-8
+
+
+def test_library_python_without_sys_executable(monkeypatch):
+    from LiverTumorAICommon import process
+
+    monkeypatch.delenv("LIVERTUMOR_PYTHON", raising=False)
+    monkeypatch.setattr(process.sys, "executable", "")
+    monkeypatch.setattr(process.shutil, "which", lambda name: None)
+    with pytest.raises(LiverTumorError, match="LIVERTUMOR_PYTHON"):
+        process.library_python()
+    monkeypatch.setattr(process.shutil, "which", lambda name: f"/opt/slicer/bin/{name}")
+    assert process.library_python() == "/opt/slicer/bin/PythonSlicer"
+
+
+def _script_job(tmp_path, text: str):
+    """A Job whose process is a shell script standing in for ``python -m livertumor``."""
+    from LiverTumorAICommon.jobs import Job
+    from LiverTumorAICommon.process import LibraryProcess
+
+    child = tmp_path / "python"
+    child.write_text("#!/bin/sh\n" + text)
+    child.chmod(0o755)
+    workdir = tmp_path / "work"
+    workdir.mkdir(exist_ok=True)
+    return Job(LibraryProcess(["segment"], python=str(child)).start(), lambda done: "result", workdir)
+
+
+def _run(controller):
+    deadline = time.time() + 20
+    while controller.poll():
+        assert time.time() < deadline
+        time.sleep(0.02)
+
+
+def test_job_controller_success_failure_and_a_result_the_scene_refuses(tmp_path):
+    from LiverTumorAICommon.jobs import JobController
+
+    shown, errors = [], []
+
+    def finished(job):
+        if job.result == "result" and finished.refuse:
+            raise LiverTumorError("the segmentation node was deleted meanwhile")
+        return "3 lesions found"
+
+    finished.refuse = False
+    controller = JobController(lambda status: shown.append((status.running, status.message)), finished, errors.append)
+    controller.start(_script_job(tmp_path, "exit 0\n"), "segmenting...")
+    with pytest.raises(RuntimeError, match="already running"):
+        controller.start(_script_job(tmp_path, "exit 0\n"), "again")
+    controller.progress(1.7, "almost")
+    assert controller.status.percent == 100
+    _run(controller)
+    assert shown[0] == (True, "segmenting...") and shown[-1] == (False, "3 lesions found") and not errors
+    # the module was left and the result cannot be added: reported once, buttons back to idle
+    finished.refuse = True
+    controller.start(_script_job(tmp_path, "exit 0\n"), "segmenting...")
+    _run(controller)
+    assert not controller.running and shown[-1][0] is False
+    assert errors == ["the segmentation node was deleted meanwhile"]
+    # a failing run: its message, reported
+    controller.start(_script_job(tmp_path, "echo 'livertumor segment: error: bad CT'; exit 2\n"), "segmenting...")
+    _run(controller)
+    assert "bad CT" in errors[-1] and not controller.running
+
+
+def test_job_controller_cancel_reports_nothing(tmp_path):
+    from LiverTumorAICommon.jobs import JobController
+
+    errors = []
+    controller = JobController(lambda status: None, lambda job: "done", errors.append)
+    controller.start(_script_job(tmp_path, "sleep 30\n"), "running")
+    controller.cancel()
+    assert not controller.running and controller.status.message.startswith("Cancelled") and not errors
+    assert controller.poll() is False  # the timer stops
+
+
+def test_dependency_flow_consent_failure_and_version(monkeypatch):
+    from LiverTumorAICommon import dependencies
+
+    calls = []
+    installer = dependencies.Installer(
+        torch=lambda r: calls.append(("torch", r)), pip=lambda r: calls.append(("pip", r))
+    )
+    reports = []
+    monkeypatch.setattr(dependencies, "missing", lambda: [])
+    assert dependencies.ensure(lambda m: pytest.fail("asked"), lambda: pytest.fail("installer"), reports.append)
+    state = {"missing": ["torch", "scipy"]}
+    monkeypatch.setattr(dependencies, "missing", lambda: list(state["missing"]))
+    assert not dependencies.ensure(lambda m: False, lambda: pytest.fail("installed anyway"), reports.append)
+    asked = []
+
+    def install_all():
+        state["missing"] = []
+        return installer
+
+    assert dependencies.ensure(lambda m: asked.append(m) or True, install_all, reports.append)
+    assert "torch>=2.1" in asked[0] and calls == [("torch", ">=2.1"), ("pip", "scipy")] and not reports
+    state["missing"] = ["torch"]
+
+    def broken():
+        raise OSError("no network")
+
+    assert not dependencies.ensure(lambda m: True, broken, reports.append)
+    assert len(reports) == 1 and "no network" in reports[0]
+    assert not dependencies.ensure(lambda m: True, lambda: installer, reports.append)  # still missing after
+    assert "still missing" in reports[-1]
+
+
+def test_old_torch_counts_as_missing_and_the_minimum_matches_pyproject(monkeypatch):
+    import importlib.metadata
+
+    from LiverTumorAICommon import dependencies
+
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert f'"torch{dependencies.TORCH_REQUIREMENT}"' in pyproject
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "1.13.1+cpu")
+    assert dependencies.missing()[0] == "torch"
+
+
+def test_model_lists_offer_the_shipped_models():
+    from LiverTumorAICommon import dependencies
+
+    segmentation = dependencies.model_choices("segmentation")
+    lesion = dependencies.model_choices("lesion")
+    assert any(label.startswith("demo-curriculum:") for label, _ in segmentation)
+    assert any(label.startswith("demo-lesions:") for label, _ in lesion)
+    assert all(path for _, path in segmentation + lesion)
+
+
+def test_terminology_is_registered_with_slicer():
+    from LiverTumorAICommon.terminology import register_terminology
+
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    context = register_terminology(logic)
+    names = vtk.vtkStringArray()
+    logic.GetLoadedTerminologyNames(names)
+    assert context in [names.GetValue(i) for i in range(names.GetNumberOfValues())]
+
+
+@pytest.mark.parametrize("module", ["LiverTumorCurriculum", "LiverLesionClassify"])
+def test_parameter_nodes_carry_the_module_name_and_volume_selectors_hide_label_maps(module):
+    """ScriptedLoadableModuleLogic names the parameter node after its class minus "Logic"; the
+    parameter logic must say the module's own name. CT selectors must not offer label maps (a
+    vtkMRMLScalarVolumeNode subclass) unless showChildNodeTypes is off."""
+    import ast
+
+    tree = ast.parse((REPO / module / f"{module}.py").read_text())
+    logic = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name.endswith("ParameterLogic"))
+    assigned = [
+        n.value.value
+        for n in ast.walk(logic)
+        if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "self.moduleName"
+    ]
+    assert assigned == [module]
+    ui = ElementTree.parse(REPO / module / "Resources" / "UI" / f"{module}.ui")
+    for widget in ui.iter("widget"):
+        properties = {p.get("name"): p for p in widget.findall("property")}
+        types = properties.get("nodeTypes")
+        if types is not None and "vtkMRMLScalarVolumeNode" in [s.text for s in types.iter("string")]:
+            assert properties["showChildNodeTypes"].find("bool").text == "false", widget.get("name")

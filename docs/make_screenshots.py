@@ -16,14 +16,15 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClassify")]
+sys.path[:0] = [str(REPO), str(REPO / "LiverTumorCurriculum"), str(REPO / "LiverLesionClassify")]
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
 from LiverLesionClassifyLib import LiverLesionClassifyLogic  # noqa: E402
-from LiverTumorCurriculumLib import LiverTumorCurriculumLogic, mrml  # noqa: E402
+from LiverTumorCurriculumLib import LiverTumorCurriculumLogic  # noqa: E402
 
-from livertumor.plotting import pyplot, save_figure  # noqa: E402
+from livertumor.plotting import pyplot, radiological_axial, save_figure  # noqa: E402
+from LiverTumorAICommon import mrml  # noqa: E402
 
 SAMPLE = REPO / "LiverTumorCurriculum" / "Resources" / "SampleData"
 OUT = REPO / "docs" / "screenshots"
@@ -57,13 +58,14 @@ def slice_picture(volume, segmentation, title: str, path: Path) -> None:
     lesions = sum((mask for name, _, mask in parts if name != "Liver"), np.zeros(ct.shape, bool))
     index = int(np.argmax(lesions.reshape(ct.shape[0], -1).sum(1)))
     figure, axis = plt.subplots(figsize=(5, 5))
-    axis.imshow(ct.array[index][::-1, ::-1], cmap="gray", vmin=-160, vmax=240)  # radiological view: RAS display
+    axis.imshow(radiological_axial(ct.array, ct.grid, index), cmap="gray", vmin=-160, vmax=240)
     for name, color, mask in parts:
         if mask[index].any():
-            axis.contour(mask[index][::-1, ::-1].astype(float), levels=[0.5], colors=[color], linewidths=1.2)
+            view = radiological_axial(mask, ct.grid, index).astype(float)
+            axis.contour(view, levels=[0.5], colors=[color], linewidths=1.2)
             axis.plot([], [], color=color, label=name)
     axis.legend(loc="lower left", fontsize=7, framealpha=0.7)
-    axis.set_title(f"{title}\naxial slice {index}", fontsize=9)
+    axis.set_title(f"{title}\naxial slice {index} (patient right on the left, anterior up)", fontsize=9)
     axis.axis("off")
     save_figure(figure, path)
 

@@ -24,16 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from LiverTumorCurriculumLib import mrml
-from LiverTumorCurriculumLib.logic import LIVER, TUMOUR, TUMOUR_WORDS, Job, Progress, SceneLogic, progress_events
-from LiverTumorCurriculumLib.process import LibraryProcess
 
 from livertumor.errors import LiverTumorError
-from livertumor.io import write_json, write_text_atomic, write_volume
-from livertumor.lesions.measure import lesion_components
-from livertumor.phantom import LESION_CLASSES
+from LiverTumorAICommon import mrml
+from LiverTumorAICommon.jobs import LIVER, TUMOUR, TUMOUR_WORDS, Job, Progress, SceneLogic, progress_events
+from LiverTumorAICommon.process import LibraryProcess
 
 SEGMENT_ATTRIBUTE = "LiverTumorAI.lesionId"
+#: Node reference from a lesion class table to the segmentation whose segments it names.
+SEGMENTATION_REFERENCE_ROLE = "LiverTumorAI.segmentation"
 
 
 class LiverLesionClassifyLogic(SceneLogic):
@@ -60,6 +59,8 @@ class LiverLesionClassifyLogic(SceneLogic):
         progress: Progress | None = None,
     ) -> Job:
         """Start classifying; the job's result is the new table node."""
+        from livertumor.io import write_volume  # SimpleITK: imported on use, not when Slicer loads the module
+
         ct = mrml.volume_from_node(volume_node)
         segment_ids = self.lesion_segment_ids(segmentation_node)
         if not segment_ids:
@@ -108,6 +109,9 @@ class LiverLesionClassifyLogic(SceneLogic):
 
     def _apply(self, volume_node, segmentation_node, masks: dict[str, np.ndarray], tumour: np.ndarray, report: dict):
         """One classified segment per lesion component; the table of classes and measurements."""
+        from livertumor.lesions.measure import lesion_components
+        from livertumor.phantom import LESION_CLASSES
+
         ids, _ = lesion_components(tumour)
         lesions = {entry["id"]: entry for entry in report["lesions"]}
         segmentation = segmentation_node.GetSegmentation()
@@ -135,19 +139,30 @@ class LiverLesionClassifyLogic(SceneLogic):
                 segmentation.RemoveSegment(segment_id)
         _number_segments(segmentation_node, rows["segment"])
         name = f"{volume_node.GetName()} lesion classes"
-        return mrml.lesion_table(self.scene, measurements, name, rows)
+        table = mrml.lesion_table(self.scene, measurements, name, volume_node, rows)
+        table.SetNodeReferenceID(SEGMENTATION_REFERENCE_ROLE, segmentation_node.GetID())
+        return table
 
-    def set_class(self, segmentation_node, table_node, row: int, class_name: str) -> None:
-        """Override a lesion's class: its segment's name, terminology and colour, and the table row."""
+    def set_class(self, table_node, row: int, class_name: str) -> None:
+        """Override a lesion's class: its segment's name, terminology and colour (in the segmentation the
+        table was made for), and the table row."""
+        from livertumor.phantom import LESION_CLASSES
+
         if class_name not in LESION_CLASSES:
             raise LiverTumorError(f"unknown class {class_name!r}; choose one of {', '.join(LESION_CLASSES)}")
+        segmentation_node = table_node.GetNodeReference(SEGMENTATION_REFERENCE_ROLE)
+        if segmentation_node is None:
+            raise LiverTumorError(f"{table_node.GetName()!r} is not linked to a segmentation (or it was deleted)")
+        rows = mrml.table_rows(table_node)
+        if not 0 <= row < len(rows):
+            raise LiverTumorError(f"{table_node.GetName()!r} has no row {row + 1}")
         table = table_node.GetTable()
-        segment_id = mrml.table_rows(table_node)[row]["segment"]
+        segment_id = rows[row]["segment"]
         segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
         if segment is None:
             raise LiverTumorError(f"segment {segment_id!r} of row {row + 1} no longer exists")
         mrml.apply_term(segment, mrml.load_terms()[class_name])
-        _number_segments(segmentation_node, [r["segment"] for r in mrml.table_rows(table_node)])
+        _number_segments(segmentation_node, [r["segment"] for r in rows])
         column = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())].index("class")
         table.SetValue(row, column, class_name)
         table_node.Modified()
@@ -157,6 +172,8 @@ class LiverLesionClassifyLogic(SceneLogic):
         table_node, json_path: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None
     ) -> None:
         """Write the lesion table as JSON (a list of rows) and/or CSV, atomically."""
+        from livertumor.io import write_json, write_text_atomic
+
         rows = mrml.table_rows(table_node)
         if json_path:
             write_json(Path(json_path), {"lesions": rows})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,82 +25,20 @@ from typing import Any
 import numpy as np
 
 from livertumor.errors import LiverTumorError
-from livertumor.io import read_image, read_label, write_volume
-from livertumor.lesions.measure import measure_lesions
+from LiverTumorAICommon import mrml
+from LiverTumorAICommon.jobs import LIVER, TUMOUR, TUMOUR_WORDS, Job, Progress, SceneLogic, progress_events
+from LiverTumorAICommon.process import LibraryProcess
 
-from . import mrml
-from .process import LibraryProcess
-
-Progress = Callable[[float, str], None]
 #: Speed/quality choice -> sliding-window overlap.
 OVERLAP = {"fast": 0.25, "quality": 0.5}
-LIVER, TUMOUR = 1, 2
-#: Segment names (lower case) read as tumour or liver when a user's segmentation is used for training.
-TUMOUR_WORDS = ("tumor", "tumour", "lesion", "metasta", "cyst", "hemangioma", "neoplasm", "cancer", "hcc")
-
-
-class Job:
-    """A running library process and what to do with its result: ``poll()`` from a timer until it
-    returns True, then read ``result`` (or ``error``); ``cancel()`` ends the process tree."""
-
-    def __init__(self, process: LibraryProcess, finish: Callable[[LibraryProcess], Any], workdir: Path) -> None:
-        self.process, self._finish, self.workdir = process, finish, workdir
-        self.result: Any = None
-        self.error: Exception | None = None
-        self.done = False
-
-    def poll(self) -> bool:
-        if self.done:
-            return True
-        if not self.process.poll():
-            return False
-        try:
-            self.process.check()
-            self.result = self._finish(self.process)
-        except Exception as error:  # reported to the caller through .error / wait()
-            self.error = error
-        finally:
-            self.done = True
-            shutil.rmtree(self.workdir, ignore_errors=True)
-        return True
-
-    def cancel(self) -> None:
-        self.process.cancel()
-        self.poll()
-
-    def wait(self, poll_seconds: float = 0.05) -> Any:
-        import time
-
-        while not self.poll():
-            time.sleep(poll_seconds)
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def progress_events(progress: Progress | None) -> Callable[[dict], None]:
-    def on_event(event: dict) -> None:
-        if progress is None:
-            return
-        if "progress" in event:
-            progress(float(event["progress"]), str(event.get("message", "")))
-        elif event.get("event") == "iteration":
-            fraction = event["iteration"] / max(1, event["iterations"])
-            progress(fraction, f"stage {event['stage'] + 1} ({event['kind']}), epoch {event['epoch'] + 1}")
-        elif event.get("event") == "epoch":
-            dice = event.get("dg")
-            progress(
-                event["done"] / max(1, event["total"]),
-                f"epoch {event['done']}/{event['total']}: validation Dice {'-' if dice is None else f'{dice:.3f}'}",
-            )
-
-    return on_event
 
 
 @dataclass
 class SegmentationResult:
-    """The nodes a segmentation run adds: segmentation, lesion table, and optionally the probability."""
+    """The nodes a segmentation run adds (segmentation, lesion table, optionally the probability) and
+    the CT they belong to."""
 
+    volume: Any
     segmentation: Any
     table: Any
     probability: Any = None
@@ -123,23 +61,6 @@ class CaseCheck:
     labels: dict[str, tuple[Any, np.ndarray]] = field(default_factory=dict)
 
 
-class SceneLogic:
-    """A Logic bound to a scene (default: the application's ``slicer.mrmlScene``, looked up when used)
-    that runs the library with ``python`` (default: PythonSlicer, see ``process.library_python``)."""
-
-    def __init__(self, scene=None, python: str | None = None) -> None:
-        self._scene = scene
-        self.python = python
-
-    @property
-    def scene(self):
-        if self._scene is not None:
-            return self._scene
-        import slicer
-
-        return slicer.mrmlScene
-
-
 class LiverTumorCurriculumLogic(SceneLogic):
     """Liver tumour segmentation and fine-tuning on MRML nodes (see the module docstring)."""
 
@@ -156,6 +77,8 @@ class LiverTumorCurriculumLogic(SceneLogic):
         """Start segmenting ``volume_node``; the job's result is a :class:`SegmentationResult`."""
         if quality not in OVERLAP:
             raise ValueError(f"quality is one of {', '.join(OVERLAP)}, not {quality!r}")
+        from livertumor.io import write_volume  # SimpleITK: imported on use, not when Slicer loads the module
+
         ct = mrml.volume_from_node(volume_node)
         workdir = Path(tempfile.mkdtemp(prefix="livertumor-segment-"))
         write_volume(ct, workdir / "ct.nrrd")
@@ -175,6 +98,9 @@ class LiverTumorCurriculumLogic(SceneLogic):
         return self.start_segment(volume_node, model, device, **options).wait().segmentation
 
     def _add_result(self, volume_node, grid, workdir: Path, probabilities: bool) -> SegmentationResult:
+        from livertumor.io import read_image, read_label
+        from livertumor.lesions.measure import measure_lesions
+
         labels = read_label(workdir / "ct_seg.nrrd", reference=grid)
         tumour = labels.array == TUMOUR
         masks = []
@@ -184,14 +110,15 @@ class LiverTumorCurriculumLogic(SceneLogic):
         name = f"{volume_node.GetName()} liver tumors"
         segmentation = mrml.add_segmentation_node(self.scene, volume_node, masks, name)
         _, measurements = measure_lesions(labels, label=TUMOUR)
-        table = mrml.lesion_table(self.scene, [m.to_json() for m in measurements], f"{volume_node.GetName()} lesions")
+        lesions = [m.to_json() for m in measurements]
+        table = mrml.lesion_table(self.scene, lesions, f"{volume_node.GetName()} lesions", volume_node)
         probability = None
         if probabilities:
             volume = read_image(workdir / "ct_tumour_probability.nrrd")
             probability = mrml.add_volume_node(
                 self.scene, volume, f"{volume_node.GetName()} tumor probability", like=volume_node
             )
-        return SegmentationResult(segmentation, table, probability)
+        return SegmentationResult(volume_node, segmentation, table, probability)
 
     # ---- fine-tuning --------------------------------------------------------------------------------
     def check_cases(self, cases: Sequence[FinetuneCase | tuple]) -> CaseCheck:
@@ -243,6 +170,8 @@ class LiverTumorCurriculumLogic(SceneLogic):
         """Start fine-tuning ``model`` (default: the shipped demo model) on scene cases or a folder; the
         job's result is the new model folder. Scene cases are checked first and every problem is raised
         together."""
+        from livertumor.io import write_volume
+
         workdir = Path(tempfile.mkdtemp(prefix="livertumor-finetune-"))
         if isinstance(cases, (str, os.PathLike)):
             data = Path(cases)

@@ -14,11 +14,12 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# The module's Lib and LiverTumorAICommon: siblings in the installed extension, one folder up in the source.
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
 
-from LiverTumorCurriculumLib import LiverTumorCurriculumLogic
+from LiverTumorCurriculumLib import LiverTumorCurriculumLogic  # noqa: E402
 
-from livertumor.io import volume_stem, volume_suffix
+from livertumor.io import volume_stem, volume_suffix  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -12,15 +12,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the module's Lib and the shared LiverTumorAICommon
 
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
-from LiverTumorCurriculumLib import mrml  # noqa: E402
 
 from livertumor.io import write_volume  # noqa: E402
 from livertumor.phantom import LESION_CLASSES, make_phantom  # noqa: E402
 from livertumor.plotting import pyplot, save_figure  # noqa: E402
+from LiverTumorAICommon import mrml  # noqa: E402
 
 SEED, SHAPE, SPACING = 7, (64, 192, 192), (2.5, 1.25, 1.25)
 

@@ -26,7 +26,6 @@ volume on every machine.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -431,7 +430,7 @@ class _Body:
             occupied[window] |= stomach
         # pancreas: head by the duodenum, body over the aorta, tail to the splenic hilum; lobulated
         points = [self.point(-118, 0.06, -0.12), self.point(-106, 0.05, 0.04), self.point(-88, 0.28, 0.42)]
-        for (start, end), radius in zip(itertools.pairwise(points), (14.0, 10.0)):
+        for (start, end), radius in zip(zip(points, points[1:]), (14.0, 10.0)):
             window, distance = canvas.tube(start, end, radius * s_xy)
             if window is None:
                 continue

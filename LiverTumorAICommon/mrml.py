@@ -24,6 +24,8 @@ from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError
 from livertumor.volume import Grid, Volume
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
+#: Node reference from a lesion table to the CT it measures.
+VOLUME_REFERENCE_ROLE = "LiverTumorAI.volume"
 #: The extension's terminology file: the single source of segment names, codes and colours. It lies in
 #: Resources/ beside the ``livertumor`` package, in the source tree and in the installed extension alike.
 TERMINOLOGY_FILE = (
@@ -142,9 +144,10 @@ def add_segmentation_node(scene, reference_node, masks: list[tuple[str, np.ndarr
     terms = load_terms()
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
     node.CreateDefaultDisplayNodes()
-    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
+    # The transform first: the reference geometry is taken relative to the node's own parent transform.
     if reference_node.GetParentTransformNode() is not None:
         node.SetAndObserveTransformNodeID(reference_node.GetParentTransformNode().GetID())
+    node.SetReferenceImageGeometryParameterFromVolumeNode(reference_node)
     for key, mask in masks:
         add_segment(node, reference_node, mask, terms[key])
     return node
@@ -154,7 +157,8 @@ def apply_term(segment, term: SegmentTerm) -> None:
     """Name, colour and terminology of a segment from a terminology entry."""
     segment.SetName(term.name)
     segment.SetColor(*term.color)
-    segment.SetTerminology(term.terminology)
+    # SetTerminology() is Slicer 5.10+; the tag it writes is there since 4.x.
+    segment.SetTag(segment.GetTerminologyEntryTagName(), term.terminology)
 
 
 def add_segment(segmentation_node, reference_node, mask: np.ndarray, term: SegmentTerm) -> str:
@@ -175,54 +179,76 @@ def add_segment(segmentation_node, reference_node, mask: np.ndarray, term: Segme
 
 
 def segment_mask(segmentation_node, segment_id: str, reference_node) -> np.ndarray:
-    """One segment as a bool array on ``reference_node``'s grid.
+    """One segment as a bool array on ``reference_node``'s grid, read without adding nodes to the scene.
 
-    Segments are exported onto the reference grid, so a segmentation drawn on another grid is first
-    checked: its own labelmap geometry must equal the reference's, else :class:`GridMismatchError`."""
+    A segment is placed by whole-voxel offset, so it must lie on the reference's voxel lattice (same
+    spacing and axes, origin a whole number of voxels away) and under the same parent transform; else
+    :class:`GridMismatchError`: resample it onto the CT first."""
     slicer = _slicer()
-    scene = segmentation_node.GetScene()
-    own = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    exported = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    try:
-        ids = vtk.vtkStringArray()
-        ids.InsertNextValue(segment_id)
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, own, None) and own.GetImageData() is not None:
-            if own.GetImageData().GetNumberOfPoints() > 0 and not _same_lattice(own, reference_node):
-                raise GridMismatchError(
-                    f"segmentation {segmentation_node.GetName()!r} lies on another voxel grid than volume "
-                    f"{reference_node.GetName()!r}: {grid_of_node(own).describe()} vs "
-                    f"{grid_of_node(reference_node).describe()}; resample it onto the CT first"
-                )
-        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, exported, reference_node):
-            raise LiverTumorError(f"segment {segment_id!r} of {segmentation_node.GetName()!r} cannot be exported")
-        return volume_from_labelmap(exported) != 0
-    finally:
-        scene.RemoveNode(own)
-        scene.RemoveNode(exported)
-
-
-def _same_lattice(labelmap_node, reference_node) -> bool:
-    """The segment's (effective-extent) labelmap lies on the reference's voxel lattice: same spacing and
-    direction, origin offset by whole voxels."""
-    own, reference = grid_of_node(labelmap_node), grid_of_node(reference_node)
-    if not np.allclose(own.spacing, reference.spacing, rtol=1e-4) or not np.allclose(
-        own.direction, reference.direction, atol=1e-4
+    name = segmentation_node.GetName()
+    segmentation = segmentation_node.GetSegmentation()
+    segment = segmentation.GetSegment(segment_id)
+    if segment is None:
+        raise LiverTumorError(f"segmentation {name!r} has no segment {segment_id!r}")
+    if segmentation_node.GetParentTransformNode() is not reference_node.GetParentTransformNode():
+        raise GridMismatchError(
+            f"segmentation {name!r} and volume {reference_node.GetName()!r} lie under different transforms; "
+            "harden the transforms or put both under the same one first"
+        )
+    labelmap_name = slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName()
+    if not segmentation.ContainsRepresentation(labelmap_name):
+        segmentation.CreateRepresentation(labelmap_name)  # e.g. a segmentation imported as surfaces
+    image = slicer.vtkOrientedImageData()
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.GetSegmentBinaryLabelmapRepresentation(segmentation_node, segment_id, image, False):
+        raise LiverTumorError(f"segment {segment_id!r} of {name!r} cannot be read as a label map")
+    reference = grid_of_node(reference_node)
+    mask = np.zeros(reference.shape, bool)
+    extent = image.GetExtent()
+    if image.GetPointData().GetScalars() is None or extent[1] < extent[0]:
+        return mask  # an empty segment
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    to_world = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+    to_reference = np.linalg.inv(_ijk_to_ras(reference_node)) @ to_world
+    if not (
+        np.allclose(to_reference[:3, :3], np.eye(3), atol=1e-4)
+        and np.allclose(to_reference[:3, 3], np.round(to_reference[:3, 3]), atol=1e-3)
     ):
-        return False
-    offset = reference.physical_to_index(np.asarray(own.origin)[None])[0]
-    return bool(np.allclose(offset, np.round(offset), atol=1e-3))
+        raise GridMismatchError(
+            f"segmentation {name!r} lies on another voxel grid than volume {reference_node.GetName()!r}: "
+            f"{_grid_of_matrix(to_world, extent).describe()} vs {reference.describe()}; resample it onto the CT first"
+        )
+    dimensions = [extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)]
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(dimensions[::-1])
+    inside = values == segment.GetLabelValue()  # shared label maps hold several segments, one value each
+    start = (np.round(to_reference[:3, 3]).astype(int) + np.array(extent[::2]))[::-1]
+    source, target = [], []
+    for axis in range(3):
+        low, high = max(0, start[axis]), min(reference.shape[axis], start[axis] + inside.shape[axis])
+        if high <= low:
+            return mask
+        source.append(slice(low - start[axis], high - start[axis]))
+        target.append(slice(low, high))
+    mask[tuple(target)] = inside[tuple(source)]
+    return mask
 
 
-def volume_from_labelmap(node) -> np.ndarray:
-    image = node.GetImageData()
-    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(image.GetDimensions()[::-1])
+def _grid_of_matrix(ijk_to_ras: np.ndarray, extent) -> Grid:
+    """The LPS grid of an IJK-to-RAS matrix over an extent (for messages)."""
+    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)
+    shape = tuple(extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3))[::-1]
+    origin = ijk_to_ras @ np.array([extent[0], extent[2], extent[4], 1.0])
+    direction = RAS_FROM_LPS @ (ijk_to_ras[:3, :3] / spacing)
+    return Grid(shape, tuple(spacing), tuple(RAS_FROM_LPS @ origin[:3]), direction)
 
 
-def lesion_table(scene, lesions: list[dict], name: str, extra_columns: dict[str, list] | None = None):
-    """A table node: one row per lesion (id, volume mL, longest axial diameter mm, centroid R, A, S mm)
-    plus ``extra_columns`` (name -> one value per lesion). ``lesions`` hold the keys of
-    ``LesionMeasurement.to_json()``, as ``livertumor classify`` reports them too."""
+def lesion_table(scene, lesions: list[dict], name: str, volume_node=None, extra_columns: dict[str, list] | None = None):
+    """A locked table node: one row per lesion (id, volume mL, longest axial diameter mm, centroid R, A,
+    S mm) plus ``extra_columns`` (name -> one value per lesion). ``lesions`` hold the keys of
+    ``LesionMeasurement.to_json()``, as ``livertumor classify`` reports them too. Column names are the
+    headers (not an editable first row) and the table is read-only, so the columns that jump-to-lesion
+    and Set class read cannot be renamed; ``volume_node`` (the CT) is referenced for its transform."""
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     columns = {
         "id": [int(m["id"]) for m in lesions],
@@ -244,6 +270,10 @@ def lesion_table(scene, lesions: list[dict], name: str, extra_columns: dict[str,
         for value in values:
             array.InsertNextValue(value)
         vtk_table.AddColumn(array)
+    table.SetUseColumnTitleAsColumnHeader(True)
+    table.SetLocked(True)
+    if volume_node is not None:
+        table.SetNodeReferenceID(VOLUME_REFERENCE_ROLE, volume_node.GetID())
     table.Modified()
     return table
 
@@ -264,6 +294,23 @@ def table_rows(table) -> list[dict]:
 
 
 def lesion_centre_ras(table, row: int) -> tuple[float, float, float]:
-    """Where to centre the views for a row of a lesion table (RAS mm)."""
+    """Where to centre the views for a row of a lesion table: world RAS mm, through the parent
+    transform of the table's CT (the centroids are in the CT's own frame)."""
     values = table_rows(table)[row]
-    return tuple(float(values[f"centroid {axis} (mm)"]) for axis in "RAS")
+    point = [float(values[f"centroid {axis} (mm)"]) for axis in "RAS"]
+    volume = table.GetNodeReference(VOLUME_REFERENCE_ROLE)
+    parent = volume.GetParentTransformNode() if volume is not None else None
+    if parent is not None:
+        to_world = vtk.vtkGeneralTransform()
+        parent.GetTransformToWorld(to_world)
+        point = list(to_world.TransformPoint(point))
+    return (point[0], point[1], point[2])
+
+
+def selected_table_rows(source_rows: list[int], table) -> list[int]:
+    """Table rows from the rows of a table view's selection, already mapped from the sort proxy to the
+    table model (``view.sortFilterProxyModel().mapToSource(index).row()``): each row once, in order,
+    only rows the table has. With column titles as headers (see :func:`lesion_table`) model row r is
+    table row r."""
+    count = table.GetTable().GetNumberOfRows()
+    return sorted({row for row in source_rows if 0 <= row < count})

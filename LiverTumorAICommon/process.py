@@ -41,10 +41,16 @@ def library_python() -> str:
     if override:
         return override
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    beside = Path(sys.executable).with_name(name)
-    if beside.is_file():
-        return str(beside)
-    return shutil.which(name) or sys.executable
+    if sys.executable:  # empty when the host cannot tell (embedded interpreters)
+        beside = Path(sys.executable).with_name(name)
+        if beside.is_file():
+            return str(beside)
+    found = shutil.which(name) or sys.executable
+    if not found:
+        raise LiverTumorError(
+            "no Python to run the library: set LIVERTUMOR_PYTHON to PythonSlicer or a Python with livertumor"
+        )
+    return found
 
 
 def library_environment() -> dict[str, str]:
@@ -56,6 +62,8 @@ def library_environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # The child's messages hold file names in any script; the reader decodes UTF-8 whatever the locale.
+    env["PYTHONIOENCODING"] = "utf-8"
     return env
 
 
@@ -89,6 +97,8 @@ class LibraryProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             text=True,
+            encoding="utf-8",
+            errors="replace",
             bufsize=1,
             env=library_environment(),
             **kwargs,
@@ -98,10 +108,22 @@ class LibraryProcess:
         return self
 
     def _read(self) -> None:
+        """Move output lines to the queue until the pipe closes. Whatever goes wrong while reading, the
+        pipe is drained (so the child never blocks on a full pipe) and the end marker is queued (so
+        ``poll()`` finishes)."""
         assert self._process is not None and self._process.stdout is not None
-        for line in self._process.stdout:
-            self._lines.put(line.rstrip("\n"))
-        self._lines.put(None)
+        try:
+            for line in self._process.stdout:
+                self._lines.put(line.rstrip("\n"))
+        except Exception as error:  # never let the reader die silently: say why and keep draining
+            self._lines.put(f"(output unreadable: {error})")
+            try:
+                while self._process.stdout.buffer.read(65536):
+                    pass
+            except Exception:
+                pass
+        finally:
+            self._lines.put(None)
 
     def poll(self) -> bool:
         """Hand out the lines that arrived; True once the process has ended and every line is read."""

@@ -1,0 +1,1 @@
+# Extension packaging is not part of the stand-in.
