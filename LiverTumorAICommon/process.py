@@ -2,9 +2,11 @@
 
 The work (PyTorch) runs in its own process so Slicer's GUI never freezes and a Cancel can end it at
 once: the process starts in a new process group (session) and Cancel ends the whole group, workers
-included. Output lines that are JSON objects are events (progress, results); other lines are kept as
-the log. A reader thread collects lines; :meth:`LibraryProcess.poll` hands them out on the caller's
-thread (Slicer's main thread, from a QTimer), so callbacks may touch the scene.
+included. Events (progress, results) are the JSON lines that start with a random per-run prefix the
+child is given in ``LIVERTUMOR_EVENT_PREFIX``; every other line is log text, so nothing a file, a card or
+a message prints can pose as an event. A reader thread collects lines; :meth:`LibraryProcess.poll`
+hands them out on the caller's thread (Slicer's main thread, from a QTimer), so callbacks may touch
+the scene.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import secrets
 import shutil
 import signal
 import subprocess
@@ -21,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from livertumor.cli import EVENT_PREFIX_VARIABLE
 from livertumor.errors import LiverTumorError
 
 Event = Callable[[dict], None]
@@ -72,6 +76,7 @@ class LibraryProcess:
 
     def __init__(self, arguments: Sequence[str], on_event: Event | None = None, python: str | None = None) -> None:
         self.arguments = [str(a) for a in arguments]
+        self.event_prefix = f"@livertumor-{secrets.token_hex(8)} "
         self.on_event = on_event or (lambda event: None)
         self.python = python or library_python()
         self.log: list[str] = []
@@ -100,7 +105,7 @@ class LibraryProcess:
             encoding="utf-8",
             errors="replace",
             bufsize=1,
-            env=library_environment(),
+            env={**library_environment(), EVENT_PREFIX_VARIABLE: self.event_prefix},
             **kwargs,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -140,9 +145,9 @@ class LibraryProcess:
         return finished and self._process is not None and self._process.wait() is not None
 
     def _handle(self, line: str) -> None:
-        if line.startswith("{"):
+        if line.startswith(self.event_prefix):
             try:
-                event = json.loads(line)
+                event = json.loads(line[len(self.event_prefix) :])
             except json.JSONDecodeError:
                 event = None
             if isinstance(event, dict):

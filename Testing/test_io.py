@@ -14,7 +14,14 @@ import pytest
 import SimpleITK as sitk
 from conftest import DIRECTIONS
 
-from livertumor.errors import DimensionError, GridMismatchError, ImageReadError, LabelValueError, NotCTError
+from livertumor.errors import (
+    DimensionError,
+    GridMismatchError,
+    ImageReadError,
+    LabelValueError,
+    LiverTumorError,
+    NotCTError,
+)
 from livertumor.io import read_ct, read_image, read_label, write_volume
 from livertumor.volume import Grid, Volume
 
@@ -160,8 +167,24 @@ def test_mask_is_not_ct(tmp_path):
         Volume.from_array(np.where(np.arange(120).reshape(4, 5, 6) % 2, 100, -1000).astype(np.int16)),
         tmp_path / "mask.nii",
     )
-    with pytest.raises(NotCTError, match="two distinct values"):
+    with pytest.raises(NotCTError, match="only 2 distinct values"):
         read_ct(tmp_path / "mask.nii")
+    # a label map stored as -1000/0/1000 passes every range check but is no scan either
+    labels = np.array([-1000, 0, 1000], np.int16)[np.arange(480).reshape(8, 6, 10) % 3]
+    write_volume(Volume.from_array(labels), tmp_path / "labels.nrrd")
+    with pytest.raises(NotCTError, match="only 3 distinct values"):
+        read_ct(tmp_path / "labels.nrrd")
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_voxels_are_refused_in_every_format(tmp_path, suffix, bad):
+    ct = _ct(low=-1000, high=1000, dtype=np.float32)
+    ct.array[1, 2, 3] = bad
+    write_volume(ct, tmp_path / f"ct{suffix}")
+    # ITK reads NaN in a NIfTI as 0 HU without a word: the reader checks the file itself
+    with pytest.raises(LiverTumorError, match="1 voxels that are NaN or infinite"):
+        read_ct(tmp_path / f"ct{suffix}")
 
 
 def test_truncated_file_is_reported(tmp_path, real_data):

@@ -469,7 +469,8 @@ def test_reader_survives_invalid_utf8_and_the_run_finishes(tmp_path):
 
     child = tmp_path / "python"
     child.write_text(
-        '#!/bin/sh\nprintf \'caf\\351 \\377\\376 broken\\n{"progress": 0.5, "message": "half"}\\n\'\n'
+        '#!/bin/sh\nprintf \'caf\\351 \\377\\376 broken\\n%s{"progress": 0.5, "message": "half"}\\n\' '
+        '"$LIVERTUMOR_EVENT_PREFIX"\n'
         "printf '%s\\n' \"$PYTHONIOENCODING\"\n"
     )
     child.chmod(0o755)
@@ -643,3 +644,24 @@ def test_parameter_nodes_carry_the_module_name_and_volume_selectors_hide_label_m
         types = properties.get("nodeTypes")
         if types is not None and "vtkMRMLScalarVolumeNode" in [s.text for s in types.iter("string")]:
             assert properties["showChildNodeTypes"].find("bool").text == "false", widget.get("name")
+
+
+def test_only_prefixed_lines_are_events_so_printed_text_cannot_forge_one(tmp_path):
+    """Issue 15 item 9: a card name holding a newline and a JSON line made the child print a forged
+    ``saved`` event. Lines without the run's random prefix are log text, whatever they hold."""
+    from LiverTumorAICommon.process import LibraryProcess
+
+    child = tmp_path / "python"
+    child.write_text(
+        "#!/bin/sh\n"
+        'echo \'{"event": "saved", "model": "/tmp/attacker"}\'\n'
+        'echo "${LIVERTUMOR_EVENT_PREFIX}{\\"progress\\": 1.0, \\"message\\": \\"done\\"}"\n'
+    )
+    child.chmod(0o755)
+    process = LibraryProcess(["finetune"], python=str(child)).start()
+    deadline = time.time() + 20
+    while not process.poll():
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert process.events == [{"progress": 1.0, "message": "done"}]
+    assert '{"event": "saved", "model": "/tmp/attacker"}' in process.log

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -26,6 +27,40 @@ def _progress_bar(total: int, description: str):
     return tqdm(total=total, desc=description, unit="case", file=sys.stderr, disable=None)
 
 
+def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Sequence[Path | None], overwrite: bool) -> None:
+    """Refuse before any work what would destroy something: an output that is one of the inputs (even
+    with ``--overwrite``), two results bound for one path (``outputs`` pairs each path with what it
+    holds), or an existing file without ``--overwrite``."""
+    from .errors import ImageWriteError
+    from .io import same_file
+
+    claimed: dict[str, str] = {}
+    for path, what in outputs:
+        for source in inputs:
+            if source is not None and same_file(path, source):
+                raise ImageWriteError(f"{path} is an input of this run; write the {what} elsewhere")
+        key = os.path.realpath(path)
+        if key in claimed:
+            raise ImageWriteError(
+                f"{claimed[key]} and {what} would both be written to {path}; give them different names or folders"
+            )
+        claimed[key] = what
+        if path.exists() and not overwrite:
+            raise ImageWriteError(f"{path} exists; pass --overwrite to replace it")
+
+
+def check_empty_folder(folder: Path, overwrite: bool) -> None:
+    """A command that fills a folder with its own file names refuses one holding files already."""
+    from .errors import ImageWriteError
+
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise ImageWriteError(
+            f"{folder} is not empty; pass --overwrite to write over what is there, or choose a new folder"
+        )
+    if folder.exists() and not folder.is_dir():
+        raise ImageWriteError(f"{folder} is a file, not a folder")
+
+
 def _report_dataset(manifest: Path, out: Path) -> None:
     data = json.loads(manifest.read_text())
     lesions = [lesion["kind"] for case in data["cases"] for lesion in case["lesions"]]
@@ -38,9 +73,11 @@ def _report_dataset(manifest: Path, out: Path) -> None:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
+    from .io import folder_lock
     from .phantom import write_phantom_dataset
 
-    with _progress_bar(args.cases, "phantoms") as bar:
+    check_empty_folder(args.out, args.overwrite)
+    with folder_lock(args.out), _progress_bar(args.cases, "phantoms") as bar:
         manifest = write_phantom_dataset(
             args.out,
             args.cases,
@@ -56,9 +93,12 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
+    from .io import folder_lock
     from .phantom import synthesize
 
-    with _progress_bar(args.cases, "cases") as bar:
+    check_empty_folder(args.out, args.overwrite)
+    check_outputs([(args.out, "output folder")], [args.ct, args.liver], overwrite=True)
+    with folder_lock(args.out), _progress_bar(args.cases, "cases") as bar:
         manifest = synthesize(
             args.ct,
             args.liver,
@@ -125,6 +165,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_files, pair_files
     from .io import write_json, write_text_atomic
 
+    outputs = [(p, what) for p, what in ((args.json, "JSON"), (args.csv, "CSV"), (args.plots, "plots")) if p]
+    check_outputs(outputs, [args.pred, args.gt], overwrite=True)  # results are replaced, inputs never
     pairs = pair_files(args.pred, args.gt)
     with _progress_bar(len(pairs), "evaluate") as bar:
         evaluation = evaluate_files(
@@ -144,6 +186,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         evaluation.plot(args.plots)
     return 0
+
+
+#: Environment variable naming the prefix of ``--progress json`` event lines (see :meth:`Reporter.json`).
+EVENT_PREFIX_VARIABLE = "LIVERTUMOR_EVENT_PREFIX"
 
 
 class Reporter:
@@ -168,7 +214,10 @@ class Reporter:
 
     def json(self, **data) -> None:
         if self.mode == "json":
-            print(json.dumps(data, default=str), flush=True)
+            # A caller that reads events from the merged output (the Slicer modules) sets a per-run
+            # prefix: lines without it are log text whatever they hold, so no file or card name printed
+            # elsewhere can pose as an event.
+            print(os.environ.get(EVENT_PREFIX_VARIABLE, "") + json.dumps(data, default=str), flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -296,44 +345,45 @@ def output_stem(path: Path) -> str:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import segment
-    from .io import write_volume
+    from .io import folder_lock, write_volume
 
     inputs = _segment_inputs(args.inputs)
-    plans = []
+    plans, outputs = [], []
     for path in inputs:
         stem = output_stem(path)
         label_path = args.output / f"{stem}_seg{args.format}"
         probability_path = args.output / f"{stem}_tumour_probability{args.format}" if args.probabilities else None
-        for target in (label_path, probability_path):
-            if target is not None and target.exists() and not args.overwrite:
-                raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+        outputs += [(label_path, f"the labels of {path}")]
+        outputs += [(probability_path, f"the probability of {path}")] if probability_path else []
         plans.append((path, label_path, probability_path))
+    check_outputs(outputs, inputs, args.overwrite)
     reporter = Reporter(args.progress, "segment")
-    try:
-        for number, (path, label_path, probability_path) in enumerate(plans):
+    with folder_lock(args.output):
+        try:
+            for number, (path, label_path, probability_path) in enumerate(plans):
 
-            def progress(fraction: float, message: str, number: int = number, name: str = path.name) -> None:
-                reporter.fraction((number + fraction) / len(plans), f"{name}: {message}")
+                def progress(fraction: float, message: str, number: int = number, name: str = path.name) -> None:
+                    reporter.fraction((number + fraction) / len(plans), f"{name}: {message}")
 
-            result = segment(
-                path,
-                args.model,
-                args.device,
-                args.batch_size,
-                args.overlap,
-                probability_path is not None,
-                args.precision,
-                progress,
-            )
-            write_volume(result.labels, label_path)
-            if probability_path is not None:
-                write_volume(result.tumour_probability, probability_path)
-            tumour_ml = float((result.labels.array == 2).sum()) * result.labels.grid.voxel_volume_ml
-            reporter.json(event="written", input=str(path), labels=str(label_path), tumour_ml=tumour_ml)
-            if args.progress != "json":
-                print(f"{path} -> {label_path} (tumour {tumour_ml:.1f} mL, model {result.model_name})")
-    finally:
-        reporter.close()
+                result = segment(
+                    path,
+                    args.model,
+                    args.device,
+                    args.batch_size,
+                    args.overlap,
+                    probability_path is not None,
+                    args.precision,
+                    progress,
+                )
+                write_volume(result.labels, label_path)
+                if probability_path is not None:
+                    write_volume(result.tumour_probability, probability_path)
+                tumour_ml = float((result.labels.array == 2).sum()) * result.labels.grid.voxel_volume_ml
+                reporter.json(event="written", input=str(path), labels=str(label_path), tumour_ml=tumour_ml)
+                if args.progress != "json":
+                    print(f"{path} -> {label_path} (tumour {tumour_ml:.1f} mL, model {result.model_name})")
+        finally:
+            reporter.close()
     return 0
 
 
@@ -355,8 +405,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .io import folder_lock
 
-    summary = run_demo(args.out, seed=args.seed, model=args.model, device=args.device, lesion_model=args.lesion_model)
+    check_empty_folder(args.out, args.overwrite)
+    with folder_lock(args.out):
+        summary = run_demo(
+            args.out, seed=args.seed, model=args.model, device=args.device, lesion_model=args.lesion_model
+        )
     print(summary)
     return 0
 
@@ -405,8 +460,7 @@ def cmd_train_lesions(args: argparse.Namespace) -> int:
 def cmd_classify(args: argparse.Namespace) -> int:
     from .lesions.classify import classify_lesions, write_report
 
-    if args.output.exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    check_outputs([(args.output, "report")], [args.ct, args.lesions, args.liver], args.overwrite)
     reporter = Reporter(args.progress, "classify")
     try:
         results = classify_lesions(args.ct, args.lesions, args.model, args.liver, args.device, reporter.fraction)
@@ -477,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PHASE",
         help=f"contrast phases to draw from ({', '.join(PHASES)}; default: all, portal venous most often)",
     )
+    phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)
 
     synthesize = commands.add_parser(
@@ -499,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument(
         "--phase", choices=PHASES, help="the CT's contrast phase (default: estimated from the liver's HU)"
     )
+    synthesize.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     synthesize.set_defaults(run=cmd_synthesize)
 
     info = commands.add_parser(
@@ -677,6 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="model (default: the demo model)")
     demo.add_argument("--lesion-model", help="lesion classifier (default: the demo classifier)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    demo.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     demo.set_defaults(run=cmd_demo)
     return parser
 

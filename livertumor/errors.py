@@ -36,3 +36,19 @@ class MissingPairError(LiverTumorError):
 
 class DatasetError(LiverTumorError):
     """A data set folder has no recognised layout or no usable cases."""
+
+
+def require_number(name: str, value, low: float, high: float, integer: bool = False):
+    """``value`` if it is a finite number (an integer if ``integer``) within ``low..high``; else a
+    :class:`LiverTumorError` naming the setting. Model cards and configs are checked with it before
+    anything is allocated from them."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not (low <= value <= high):
+        kind = "a whole number" if integer else "a number"
+        raise LiverTumorError(f"setting {name} = {value!r} must be {kind} in {low:g}..{high:g}")
+    return value
+
+
+class ImageWriteError(LiverTumorError):
+    """An output cannot be written where asked: it would replace an input or another output, it exists
+    (without ``--overwrite``), the folder is not writable or another run is writing into it."""

@@ -15,11 +15,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import DimensionError, ImageReadError, LabelValueError, NotCTError
+from .errors import DimensionError, ImageReadError, ImageWriteError, LabelValueError, NotCTError
 from .volume import Grid, Volume
 
 #: File endings SimpleITK reads that this library accepts as volumes.
@@ -105,34 +106,69 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     return reader.Execute()
 
 
-def _nifti_data_end(header: bytes) -> int:
-    """Where a NIfTI file's voxel data ends (bytes from its start), or 0 if ``header`` is not NIfTI."""
+class _NiftiLayout(NamedTuple):
+    endian: str
+    datatype: int
+    offset: int
+    voxels: int
+    bitpix: int
+
+    @property
+    def data_end(self) -> int:
+        return self.offset + self.voxels * self.bitpix // 8
+
+
+def _nifti_layout(header: bytes) -> _NiftiLayout | None:
+    """Byte order, data type and voxel data placement of a NIfTI header, or None if it is not NIfTI."""
     for endian in "<>":
         (size,) = struct.unpack(endian + "i", header[:4]) if len(header) >= 4 else (0,)
         if size == 348 and len(header) >= 348:  # NIfTI-1
             dims = struct.unpack(endian + "8h", header[40:56])
-            (bitpix,) = struct.unpack(endian + "h", header[72:74])
+            datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
             (offset,) = struct.unpack(endian + "f", header[108:112])
             break
         if size == 540 and len(header) >= 540:  # NIfTI-2
+            datatype, bitpix = struct.unpack(endian + "2h", header[12:16])
             dims = struct.unpack(endian + "8q", header[16:80])
-            (bitpix,) = struct.unpack(endian + "h", header[14:16])
             (offset,) = struct.unpack(endian + "q", header[168:176])
             break
     else:
-        return 0
+        return None
     voxels = int(np.prod([max(1, d) for d in dims[1 : 1 + max(1, dims[0])]]))
-    return int(offset) + voxels * bitpix // 8
+    return _NiftiLayout(endian, int(datatype), int(offset), voxels, int(bitpix))
 
 
-def _nifti_missing_bytes(path: Path) -> int:
+def _nifti_open(path: Path):
+    return open(path, "rb") if path.name.lower().endswith(".nii") else gzip.open(path, "rb")
+
+
+#: NIfTI float data types (16 float32, 64 float64) -> numpy type.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_nonfinite(path: Path, layout: _NiftiLayout) -> int:
+    """How many NaN or infinite voxels a float NIfTI holds: ITK reads them as 0 without a word."""
+    if layout.datatype not in _NIFTI_FLOATS:
+        return 0
+    dtype = np.dtype(layout.endian + _NIFTI_FLOATS[layout.datatype])
+    count, left = 0, layout.voxels
+    with _nifti_open(path) as stream:
+        stream.read(layout.offset)
+        while left:
+            values = np.frombuffer(stream.read(min(left, 1 << 22) * dtype.itemsize), dtype)
+            if not values.size:
+                break
+            count += int(values.size - np.count_nonzero(np.isfinite(values)))
+            left -= values.size
+    return count
+
+
+def _nifti_missing_bytes(path: Path, layout: _NiftiLayout) -> int:
     """How many bytes of voxel data a NIfTI file lacks. ITK reads a cut ``.nii`` or ``.nii.gz`` silently,
     filling the rest with zeros, so this is checked here."""
+    expected = layout.data_end
     if path.name.lower().endswith(".nii"):
-        with open(path, "rb") as handle:
-            return max(0, _nifti_data_end(handle.read(540)) - path.stat().st_size)
-    with gzip.open(path, "rb") as stream:
-        expected = _nifti_data_end(stream.read(540))
+        return max(0, expected - path.stat().st_size)
     with open(path, "rb") as handle:  # a whole gzip member ends with its length mod 2**32
         handle.seek(-4, os.SEEK_END)
         (stored,) = struct.unpack("<I", handle.read(4))
@@ -148,11 +184,23 @@ def _nifti_missing_bytes(path: Path) -> int:
     return max(0, expected - received)
 
 
+def _check_nifti(path: Path) -> None:
+    """What ITK does not say about a NIfTI file: data cut short, NaN or infinite voxels."""
+    with _nifti_open(path) as stream:
+        layout = _nifti_layout(stream.read(540))
+    if layout is None:
+        return
+    missing = _nifti_missing_bytes(path, layout)
+    if missing:
+        raise RuntimeError(f"the file ends {missing} bytes before its voxel data does")
+    nonfinite = _nifti_nonfinite(path, layout)
+    if nonfinite:
+        raise ImageReadError(f"{path} has {nonfinite} voxels that are NaN or infinite: not a valid image")
+
+
 def _read_file(path: Path) -> sitk.Image:
     if path.name.lower().endswith((".nii", ".nii.gz")):
-        missing = _nifti_missing_bytes(path)
-        if missing:
-            raise RuntimeError(f"the file ends {missing} bytes before its voxel data does")
+        _check_nifti(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
@@ -184,6 +232,10 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
     return from_sitk(image, str(path))
 
 
+#: At most this many distinct values (over every 8th slice) make a volume a label map, not a CT.
+_LABEL_MAP_MAX_VALUES = 16
+
+
 def check_ct_values(volume: Volume, source: str = "the image") -> None:
     """Raise :class:`NotCTError` unless the values look like Hounsfield units of a body CT.
 
@@ -193,6 +245,11 @@ def check_ct_values(volume: Volume, source: str = "the image") -> None:
     array = volume.array
     if array.dtype == np.bool_ or array.dtype == np.uint8:
         raise NotCTError(f"{source} is stored as {array.dtype} (0..255): a picture or mask, not a CT in HU")
+    if array.dtype.kind == "f":
+        # NaN fails every comparison below and would pass them all; one NaN changes a whole result.
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise NotCTError(f"{source} has {bad} voxels that are NaN or infinite: not a valid CT")
     low, high = float(array.min()), float(array.max())
     if low < _HU_MIN or high > _HU_MAX:
         raise NotCTError(f"{source} has values {low:g}..{high:g}, outside any CT's Hounsfield range")
@@ -201,8 +258,9 @@ def check_ct_values(volume: Volume, source: str = "the image") -> None:
             f"{source} has values {low:g}..{high:g}: no air or fat below -100 HU, so it is not a CT in "
             "Hounsfield units (an MR, a 0..255 picture or an already windowed image?)"
         )
-    if np.unique(array[:: max(1, array.shape[0] // 8)]).size <= 2:
-        raise NotCTError(f"{source} holds only two distinct values: a mask, not a CT")
+    distinct = np.unique(array[:: max(1, array.shape[0] // 8)]).size
+    if distinct <= _LABEL_MAP_MAX_VALUES:  # a scan's noise alone gives hundreds of values
+        raise NotCTError(f"{source} holds only {distinct} distinct values: a mask or label map, not a CT")
 
 
 def read_ct(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
@@ -288,3 +346,53 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write ``data`` as JSON atomically; NaN never appears (undefined metrics are null)."""
     write_text_atomic(path, json.dumps(data, indent=1, allow_nan=False))
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file or folder (through links, ``..`` and hard links)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold ``folder/.livertumor.lock`` while a run writes into ``folder``: a second run refuses at once
+    instead of replacing the first one's results at the end. A lock left by a run that died is taken
+    over."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".livertumor.lock"
+    for _ in range(2):
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = path.read_text().strip() if path.is_file() else ""
+            if owner.isdigit() and _process_alive(int(owner)):
+                raise ImageWriteError(
+                    f"another livertumor run (process {owner}) is writing into {folder}; wait for it to end or "
+                    "choose another output folder"
+                ) from None
+            path.unlink(missing_ok=True)  # its run died
+        except OSError as error:
+            raise ImageWriteError(f"cannot write into {folder}: {error.strerror}") from None
+    else:
+        raise ImageWriteError(f"cannot take the lock {path}")
+    try:
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

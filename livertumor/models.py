@@ -16,6 +16,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from torch import nn
 from .errors import LiverTumorError
 from .io import ordinary_permissions
 from .networks import ResUNet3d, ResUNetConfig
+from .paths import shipped_models_dir, user_models_dir
 from .preprocess import PreprocessConfig, mask_box
 from .volume import Grid
 
@@ -150,7 +152,10 @@ def save_model(directory: str | os.PathLike, networks: dict[str, nn.Module], car
         for role, network in networks.items():
             file = f"{role}.safetensors"
             state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
-            save_file(state, str(staging / file), metadata={"role": role, "format": card.to_json()["format"]})
+            # One metadata key: safetensors writes several in a random order, and identical weights
+            # must give identical bytes (and sha256).
+            save_file(state, str(staging / file), metadata={"format": card.to_json()["format"]})
+            ordinary_permissions(staging / file)  # safetensors creates it private (0600)
             card.weights[role] = {"file": file, "sha256": sha256_of(staging / file)}
         (staging / CARD_NAME).write_text(json.dumps(card.to_json(), indent=1))
     return directory
@@ -184,11 +189,31 @@ def read_card(directory: str | os.PathLike) -> ModelCard | LesionModelCard:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ModelFileError(f"{path} is not valid JSON ({error})") from error
-    if isinstance(data, dict) and data.get("format") == LESION_MODEL_FORMAT:
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path} is not a model card: it holds a JSON {type(data).__name__}, not an object")
+    if data.get("format") == LESION_MODEL_FORMAT:
         from .lesions.model import LesionModelCard
 
-        return LesionModelCard.from_json(data, str(path))
-    return ModelCard.from_json(data, str(path))
+        card = LesionModelCard.from_json(data, str(path))
+    else:
+        card = ModelCard.from_json(data, str(path))
+    _check_card_names(card, path)
+    return card
+
+
+#: Model names, versions and weight files are plain names: a card is data from anywhere, and these
+#: become folder and file names (``..``, separators and absolute paths would reach other models).
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_card_names(card, path: Path) -> None:
+    for what, value in (("name", card.name), ("version", card.version)):
+        if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value) or ".." in value:
+            raise ModelFileError(f"{path}: model {what} {value!r} must be a plain name (letters, digits, . _ -)")
+    for role, entry in card.weights.items():
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str) or not _PLAIN_NAME.fullmatch(file) or ".." in file:
+            raise ModelFileError(f"{path}: weights {role!r} name the file {file!r}; a file inside the folder is needed")
 
 
 MANIFEST_NAME = "manifest.json"
@@ -269,19 +294,6 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
     if "tumour" not in networks:
         raise ModelFileError(f"{directory} has no tumour network in its card")
     return LoadedModel(card, networks, directory)
-
-
-def shipped_models_dir() -> Path:
-    """``Resources/Models`` of the extension (``$LIVERTUMOR_RESOURCES/Models`` overrides)."""
-    override = os.environ.get("LIVERTUMOR_RESOURCES")
-    base = Path(override) if override else Path(__file__).resolve().parents[1] / "Resources"
-    return base / "Models"
-
-
-def user_models_dir() -> Path:
-    """The user's own models: ``$LIVERTUMOR_HOME/models``, by default ``~/.livertumor/models``."""
-    home = os.environ.get("LIVERTUMOR_HOME")
-    return (Path(home) if home else Path.home() / ".livertumor") / "models"
 
 
 @dataclass(frozen=True)

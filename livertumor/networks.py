@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .errors import LiverTumorError, require_number
+
 #: Spatial rows summed per reduction step of the CPU inference norm: small enough for the cache.
 _ROWS_PER_CHUNK = 4096
 
@@ -193,8 +195,18 @@ class ResUNetConfig:
     foreground_prior: float | None = 0.01
 
     def __post_init__(self) -> None:
-        for key in ("widths", "encoder_blocks", "decoder_blocks"):
-            object.__setattr__(self, key, tuple(int(v) for v in getattr(self, key)))
+        # Bounds before anything is built from a card: a width of 10^6 would ask for terabytes.
+        require_number("in_channels", self.in_channels, 1, 16, integer=True)
+        require_number("classes", self.classes, 2, 16, integer=True)
+        for key, low, high in (("widths", 1, 1024), ("encoder_blocks", 0, 16), ("decoder_blocks", 0, 16)):
+            values = getattr(self, key)
+            if not isinstance(values, (list, tuple)) or not 1 <= len(values) <= 8:
+                raise LiverTumorError(f"setting {key} = {values!r} must be a list of 1 to 8 whole numbers")
+            for value in values:
+                require_number(key, value, low, high, integer=True)
+            object.__setattr__(self, key, tuple(values))
+        if self.foreground_prior is not None:
+            require_number("foreground_prior", self.foreground_prior, 1e-6, 0.5)
         levels = len(self.widths) - 1
         if levels < 1 or len(self.encoder_blocks) != levels or len(self.decoder_blocks) != levels:
             raise ValueError(

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from .errors import LiverTumorError, require_number
 from .io import to_sitk
 from .volume import Grid, Volume
 
@@ -198,6 +199,23 @@ class PreprocessConfig:
     crop_body: bool = True
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Cards come from files: a width of 0 or NaN windows everything to one value, a spacing of 0
+        # asks for an infinite grid; refuse them before any work.
+        for key, low, high in (("spacing", 0.05, 50.0), ("block", 4, 1024)):
+            values = getattr(self, key)
+            if not isinstance(values, (list, tuple)) or len(values) != 3:
+                raise LiverTumorError(f"setting {key} = {values!r} must be three numbers (z, y, x)")
+            for value in values:
+                require_number(key, value, low, high, integer=key == "block")
+        require_number("window_width", self.window_width, 1.0, 10000.0)
+        require_number("window_center", self.window_center, -2000.0, 4000.0)
+        require_number("range_margin", self.range_margin, 0, 1000, integer=True)
+        require_number("stride_fraction", self.stride_fraction, 0.01, 1.0)
+        if self.interpolation not in get_args(Interpolation):
+            known = ", ".join(get_args(Interpolation))
+            raise LiverTumorError(f"setting interpolation = {self.interpolation!r} is not one of {known}")
+
     @property
     def stride(self) -> tuple[int, int, int]:
         """Sub-image stride: ``stride_fraction`` of the block, at least one voxel."""
@@ -213,7 +231,7 @@ class PreprocessConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown preprocessing parameters {sorted(unknown)}")
+            raise LiverTumorError(f"unknown preprocessing parameters {sorted(unknown)}")
         values = dict(data)
         for key in ("spacing", "block"):
             if key in values:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from livertumor.errors import LiverTumorError
+from livertumor.paths import user_models_dir
 from LiverTumorAICommon import mrml
 from LiverTumorAICommon.jobs import LIVER, TUMOUR, TUMOUR_WORDS, Job, Progress, SceneLogic, progress_events
 from LiverTumorAICommon.process import LibraryProcess
@@ -195,7 +196,13 @@ class LiverTumorCurriculumLogic(SceneLogic):
             saved = [e for e in done.events if e.get("event") == "saved"]
             if not saved:
                 raise LiverTumorError("fine-tuning ended without saving a model")
-            return Path(saved[-1]["model"])
+            model = Path(str(saved[-1]["model"]))
+            # Only where this run was told to write: the folder asked for, or a new one among the user's models.
+            expected = Path(out).resolve() if out else None
+            inside = model.resolve() == expected if expected else model.resolve().parent == user_models_dir().resolve()
+            if not inside or not (model / "card.json").is_file():
+                raise LiverTumorError(f"fine-tuning reported a model at {model}, not where it was asked to write one")
+            return model
 
         return Job(process, finish, workdir)
 
