@@ -147,8 +147,14 @@ def test_demo_writes_overlay_and_metrics(tiny_model, tmp_path):
     metrics = json.loads((tmp_path / "demo" / "metrics.json").read_text())
     assert set(metrics["aggregate"]) >= {"dc", "dg", "recall"}
     assert (tmp_path / "demo" / "overlay.png").read_bytes()[:4] == b"\x89PNG"
-    lesions = json.loads((tmp_path / "demo" / "lesions.json").read_text())["lesions"]
-    assert lesions and "lesion classes (" in result.stdout
+    report = json.loads((tmp_path / "demo" / "lesions.json").read_text())
+    assert report["lesions"] and "lesion classes (" in result.stdout
+    assert report["model"].startswith("demo-lesions:")  # the model and its version, not "default"
+    # each step is announced while it runs, and both diameters say which they are
+    assert "demo: segmenting with tiny:1" in result.stderr and "demo: classifying" in result.stderr
+    assert "diameter as drawn" in result.stdout and "longest axial diameter" in result.stdout
+    again = run("demo", "--out", tmp_path / "demo", "--model", tiny_model, "--device", "cpu", "--seed", 3)
+    assert again.returncode == 2 and "pass --overwrite" in again.stderr
     truth = read_label(tmp_path / "demo" / "truth.nii.gz")
     assert read_label(tmp_path / "demo" / "prediction.nii.gz").grid.same_as(truth.grid)
     assert np.any(truth.array == 2)

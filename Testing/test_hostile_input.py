@@ -175,3 +175,125 @@ def test_a_ct_with_nan_is_refused_by_segment(tiny_model, tiny_data, tmp_path, su
     write_volume(ct, tmp_path / f"nan{suffix}")
     result = run("segment", tmp_path / f"nan{suffix}", "-o", tmp_path / "out", "--model", tiny_model)
     _one_line_refusal(result, "NaN or infinite")
+
+
+def test_lesion_maps_are_read_as_labels_liver_only_maps_have_no_lesion_and_images_are_refused():
+    import numpy as np
+
+    from livertumor.lesions.classify import lesion_voxels
+
+    lits = np.zeros((20, 20, 20), np.uint8)
+    lits[2:18, 2:18, 2:18] = 1
+    lits[5:8, 5:8, 5:8] = 2
+    assert lesion_voxels(lits, 1.0).sum() == 27  # 0/1/2: the tumour label
+    liver_only = np.where(lits > 0, 1, 0)
+    assert not lesion_voxels(liver_only, 1.0).any()  # a liver (4 L here) without tumour: no lesion
+    small = np.zeros_like(lits)
+    small[5:8, 5:8, 5:8] = 1
+    small[12:14, 12:14, 12:14] = 1
+    assert lesion_voxels(small, 1.0).sum() == 35  # a plain 0/1 lesion mask
+    ct = np.random.default_rng(0).integers(-1000, 1000, lits.shape)
+    with pytest.raises(LiverTumorError, match="an image"):
+        lesion_voxels(ct, 1.0)
+    with pytest.raises(LiverTumorError, match="fractions"):
+        lesion_voxels(lits * 0.5, 1.0)
+
+
+def test_classify_a_lesion_free_segmentation_gives_an_empty_report(tiny_data, tmp_path):
+    import numpy as np
+
+    from livertumor.io import read_label, write_volume
+
+    label = read_label(tiny_data / "segmentation-0.nii")
+    write_volume(label.with_array((label.array > 0).astype(np.uint8)), tmp_path / "liver.nii.gz")
+    result = run(
+        "classify", tiny_data / "volume-0.nii", "--lesions", tmp_path / "liver.nii.gz", "-o", tmp_path / "r.json"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["lesions"] == [] and report["model"].startswith("demo-lesions:")
+    assert "no lesions" in result.stdout
+    # a CT given as the lesion map is refused, not read as one 16 L "cyst"
+    ct_as_lesions = run(
+        "classify", tiny_data / "volume-0.nii", "--lesions", tiny_data / "volume-0.nii", "-o", tmp_path / "x.json"
+    )
+    _one_line_refusal(ct_as_lesions, "an image (a CT?)")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("segment", "{ct}", "-o", "{out}", "--overlap", "1.5"), "argument --overlap: 1.5 is outside [0, 0.95]"),
+        (("segment", "{ct}", "-o", "{out}", "--batch-size", "0"), "argument --batch-size: 0 is outside [1, 256]"),
+        (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/missing.json"), "cannot read"),
+        (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/list.json"), "not an object"),
+        (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/bad.json"), "invalid training settings"),
+        (("segment", "{tmp}/raw.nii.gz", "-o", "{out}"), "not gzip"),
+        (("segment", "{tmp}/empty.nii.gz", "-o", "{out}"), "cannot read"),
+        (("info", "{tmp}/empty.nii.gz"), "cannot read"),
+        (("phantom", "--out", "{out}", "--cases", "-3"), "argument --cases: -3 is outside"),
+    ],
+)
+def test_bad_options_and_files_are_one_line_and_exit_2(real_data, tmp_path, args, message):
+    ct = real_data / "totalsegmentator/example_ct_sm.nii.gz"
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "bad.json").write_text('{"stage_epochs": 5, "widths": "x", "nonsense": 1}')
+    (tmp_path / "raw.nii.gz").write_bytes(__import__("gzip").decompress(ct.read_bytes()))
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    values = {"ct": ct, "out": tmp_path / "out", "tmp": tmp_path}
+    result = run(*(a.format(**values) for a in args))
+    _one_line_refusal(result, message)
+
+
+def test_lying_headers_are_refused_before_allocation(real_data, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    from livertumor.io import read_ct, to_sitk, write_volume
+
+    ct = read_ct(real_data / "totalsegmentator/example_ct_sm.nii.gz")
+    write_volume(ct, tmp_path / "ct.nrrd")
+    head, _, data = (tmp_path / "ct.nrrd").read_bytes().partition(b"\n\n")
+    (tmp_path / "lie.nrrd").write_bytes(re.sub(rb"sizes: [0-9 ]+", b"sizes: 2048 2048 1000", head) + b"\n\n" + data)
+    write_volume(ct, tmp_path / "ct.mha")
+    mha = (tmp_path / "ct.mha").read_bytes()
+    (tmp_path / "lie.mha").write_bytes(re.sub(rb"DimSize = [0-9 ]+", b"DimSize = 4096 4096 900", mha, count=1))
+    sitk.WriteImage(to_sitk(ct), str(tmp_path / "cut.hdr"))
+    image = (tmp_path / "cut.img").read_bytes()
+    (tmp_path / "cut.img").write_bytes(image[: len(image) // 2])
+    for name in ("lie.nrrd", "lie.mha", "cut.hdr"):
+        # in a child limited to 3 GB of address space: a reader that allocated first would fail, not refuse
+        code = (
+            "import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30)); "
+            "from livertumor.cli import main; sys.exit(main(['info', sys.argv[1]]))"
+        )
+        result = subprocess.run([sys.executable, "-c", code, str(tmp_path / name)], capture_output=True, text=True)
+        _one_line_refusal(result, "more than the file holds")
+
+
+def test_dicom_series_with_missing_or_broken_slices_is_refused(real_data, tmp_path):
+    import subprocess
+    import sys
+
+    from livertumor.errors import ImageReadError
+    from livertumor.io import read_image
+
+    series = tmp_path / "series"
+    shutil.copytree(real_data / "totalsegmentator/example_ct_dicom", series)
+    assert read_image(series).grid.spacing[2] == pytest.approx(2.0)
+    files = sorted(series.iterdir())
+    for file in files[8:11]:
+        file.unlink()
+    with pytest.raises(ImageReadError, match="not evenly spaced"):
+        read_image(series)
+    broken = tmp_path / "broken"
+    shutil.copytree(real_data / "totalsegmentator/example_ct_dicom", broken)
+    victim = sorted(broken.iterdir())[10]
+    victim.write_bytes(victim.read_bytes()[:300])
+    with pytest.raises(ImageReadError, match=r"not evenly spaced|unreadable"):
+        read_image(broken)
+    result = subprocess.run([sys.executable, "-m", "livertumor", "info", str(series)], capture_output=True, text=True)
+    _one_line_refusal(result, "not evenly spaced")

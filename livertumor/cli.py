@@ -27,6 +27,46 @@ def _progress_bar(total: int, description: str):
     return tqdm(total=total, desc=description, unit="case", file=sys.stderr, disable=None)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Option errors as one line (``livertumor CMD: error: ...``) and exit 2, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type, low: float, high: float, low_open: bool = False):
+    """An argparse type: a ``kind`` number within ``low..high`` (``low`` excluded if ``low_open``)."""
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not (low < value if low_open else low <= value) or not value <= high or value != value:
+            bracket = "(" if low_open else "["
+            raise argparse.ArgumentTypeError(f"{text} is outside {bracket}{low:g}, {high:g}]")
+        return value
+
+    return convert
+
+
+def _json_file(text: str) -> dict:
+    """An argparse type: a JSON file holding an object (settings)."""
+    try:
+        data = json.loads(Path(text).read_text())
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {error.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise argparse.ArgumentTypeError(f"{text} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise argparse.ArgumentTypeError(f"{text} holds a JSON {type(data).__name__}, not an object of settings")
+    return data
+
+
+COUNT = _number(int, 1, 100_000)
+SEED = _number(int, 0, 2**32 - 1)
+
+
 def check_outputs(outputs: Sequence[tuple[Path, str]], inputs: Sequence[Path | None], overwrite: bool) -> None:
     """Refuse before any work what would destroy something: an output that is one of the inputs (even
     with ``--overwrite``), two results bound for one path (``outputs`` pairs each path with what it
@@ -113,11 +153,12 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
-def volume_summary(path: Path) -> dict:
-    """Geometry and value statistics of any volume file or DICOM folder (what ``info`` prints)."""
+def volume_summary(path: Path, series: str | None = None) -> dict:
+    """Geometry and value statistics of any volume file or DICOM folder (what ``info`` prints);
+    ``series`` picks one DICOM series of a folder that holds several."""
     from .io import read_image
 
-    volume = read_image(path)
+    volume = read_image(path, series)
     grid = volume.grid
     values = volume.array.astype(np.float64, copy=False)
     percentiles = np.percentile(values, [1, 50, 99])
@@ -144,7 +185,7 @@ def volume_summary(path: Path) -> dict:
 
 def cmd_info(args: argparse.Namespace) -> int:
     for path in args.paths:
-        summary = volume_summary(path)
+        summary = volume_summary(path, args.series)
         if args.json:
             print(json.dumps(summary))
             continue
@@ -253,7 +294,7 @@ def _train_config(args: argparse.Namespace):
 
     config = TrainConfig()
     if args.config:
-        config = TrainConfig.from_json(json.loads(Path(args.config).read_text()))
+        config = TrainConfig.from_json(args.config)
     return config_with(
         config,
         schema=args.schema,
@@ -345,7 +386,7 @@ def output_stem(path: Path) -> str:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import segment
-    from .io import folder_lock, write_volume
+    from .io import folder_lock, read_ct, write_volume
 
     inputs = _segment_inputs(args.inputs)
     plans, outputs = [], []
@@ -366,7 +407,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     reporter.fraction((number + fraction) / len(plans), f"{name}: {message}")
 
                 result = segment(
-                    path,
+                    read_ct(path, args.series) if args.series is not None else path,
                     args.model,
                     args.device,
                     args.batch_size,
@@ -410,7 +451,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     check_empty_folder(args.out, args.overwrite)
     with folder_lock(args.out):
         summary = run_demo(
-            args.out, seed=args.seed, model=args.model, device=args.device, lesion_model=args.lesion_model
+            args.out,
+            seed=args.seed,
+            model=args.model,
+            device=args.device,
+            lesion_model=args.lesion_model,
+            progress=lambda message: print(f"demo: {message}...", file=sys.stderr, flush=True),
         )
     print(summary)
     return 0
@@ -422,7 +468,7 @@ def cmd_train_lesions(args: argparse.Namespace) -> int:
 
     config = LesionTrainConfig()
     if args.config:
-        config = LesionTrainConfig.from_json(json.loads(Path(args.config).read_text()))
+        config = LesionTrainConfig.from_json(args.config)
     config = config_with(
         config, framework=args.framework, epochs=args.epochs, batch=args.batch, seed=args.seed, device=args.device
     )
@@ -466,7 +512,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         results = classify_lesions(args.ct, args.lesions, args.model, args.liver, args.device, reporter.fraction)
     finally:
         reporter.close()
-    write_report(results, args.output, args.model or "default", str(args.ct))
+    from .lesions.model import DEFAULT_LESION_MODEL
+    from .models import read_card, resolve_model
+
+    card = read_card(resolve_model(args.model, DEFAULT_LESION_MODEL))
+    write_report(results, args.output, f"{card.name}:{card.version}", str(args.ct))
+    if not results:
+        print("no lesions: the lesion map holds no tumour")
     for result in results:
         m = result.measurement
         print(
@@ -490,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, PHASES
 
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="livertumor",
         description="Liver tumour segmentation and lesion classification on CT (research use, not for diagnosis).",
     )
@@ -505,11 +557,11 @@ def build_parser() -> argparse.ArgumentParser:
         "Every 5th case has no lesion; each case draws a contrast phase.",
     )
     phantom.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    phantom.add_argument("--cases", type=int, default=5, help="number of cases (default 5)")
-    phantom.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same data (default 0)")
+    phantom.add_argument("--cases", type=COUNT, default=5, help="number of cases (default 5)")
+    phantom.add_argument("--seed", type=SEED, default=0, help="seed: the same seed gives the same data (default 0)")
     phantom.add_argument(
         "--shape",
-        type=int,
+        type=_number(int, 8, 2048),
         nargs=3,
         metavar=("Z", "Y", "X"),
         default=DEFAULT_SHAPE,
@@ -517,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     phantom.add_argument(
         "--spacing",
-        type=float,
+        type=_number(float, 0.1, 20.0),
         nargs=3,
         metavar=("Z", "Y", "X"),
         default=DEFAULT_SPACING_ZYX,
@@ -546,11 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--liver", type=Path, required=True, help="liver mask or organ map on the CT's grid (e.g. TotalSegmentator's)"
     )
     synthesize.add_argument(
-        "--liver-label", type=int, help="the liver's value in --liver (default: any non-zero; TotalSegmentator: 5)"
+        "--liver-label",
+        type=_number(int, 1, 65535),
+        help="the liver's value in --liver (default: any non-zero; TotalSegmentator: 5)",
     )
     synthesize.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if missing)")
-    synthesize.add_argument("--cases", type=int, default=1, help="number of variants (default 1)")
-    synthesize.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same lesions")
+    synthesize.add_argument("--cases", type=COUNT, default=1, help="number of variants (default 1)")
+    synthesize.add_argument("--seed", type=SEED, default=0, help="seed: the same seed gives the same lesions")
     synthesize.add_argument(
         "--phase", choices=PHASES, help="the CT's contrast phase (default: estimated from the liver's HU)"
     )
@@ -565,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("paths", type=Path, nargs="+", help="volume files or DICOM folders")
     info.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    info.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder that holds several")
     info.set_defaults(run=cmd_info)
 
     evaluate = commands.add_parser(
@@ -581,7 +636,9 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="true label map, or a folder; folders pair by name (segmentation-3 = volume-3 = 3; case_pred = case_seg)",
     )
-    evaluate.add_argument("--label", type=int, default=2, help="label value evaluated (default 2, tumour)")
+    evaluate.add_argument(
+        "--label", type=_number(int, 1, 255), default=2, help="label value evaluated (default 2, tumour)"
+    )
     evaluate.add_argument("--json", type=Path, help="write per-case and aggregate results as JSON")
     evaluate.add_argument("--csv", type=Path, help="write one CSV row per case")
     evaluate.add_argument("--plots", type=Path, help="write a PNG box plot per metric into this folder")
@@ -591,25 +648,36 @@ def build_parser() -> argparse.ArgumentParser:
         default="overlap",
         help="lesion matching: any shared voxel (default) or IoU of at least --iou; one to one, best IoU first",
     )
-    evaluate.add_argument("--iou", type=float, default=0.5, help="IoU needed with --match iou (default 0.5)")
+    evaluate.add_argument(
+        "--iou",
+        type=_number(float, 0.0, 1.0, low_open=True),
+        default=0.5,
+        help="IoU needed with --match iou (default 0.5)",
+    )
     evaluate.add_argument(
         "--lesion-metrics", action="store_true", help="also average VOE, RVD, ASSD, MSD, RMSD over detected lesions"
     )
     evaluate.add_argument(
-        "--large", type=float, default=9001.0, help="value of RVD and distances when one mask is empty (LiTS: 9001)"
+        "--large",
+        type=_number(float, 0.0, 1e9),
+        default=9001.0,
+        help="value of RVD and distances when one mask is empty (LiTS: 9001)",
     )
     evaluate.set_defaults(run=cmd_evaluate)
 
     def training_options(command: argparse.ArgumentParser) -> None:
         command.add_argument("--data", type=Path, required=True, help="LiTS, Decathlon or NAME/NAME_seg folder")
-        command.add_argument("--epochs", type=int, help="total epochs, split evenly over the stages")
-        command.add_argument("--iterations", type=int, help="iterations per epoch")
+        command.add_argument("--epochs", type=COUNT, help="total epochs, split evenly over the stages")
+        command.add_argument("--iterations", type=COUNT, help="iterations per epoch")
         command.add_argument(
-            "--validation-fraction", type=float, default=0.2, help="share of cases held out for validation (0.2)"
+            "--validation-fraction",
+            type=_number(float, 0.0, 0.9),
+            default=0.2,
+            help="share of cases held out for validation (0.2)",
         )
-        command.add_argument("--seed", type=int, help="seed of the split, the weights and the samples")
+        command.add_argument("--seed", type=SEED, help="seed of the split, the weights and the samples")
         command.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
-        command.add_argument("--workers", type=int, help="data-loading worker processes (default 2)")
+        command.add_argument("--workers", type=_number(int, 0, 64), help="data-loading worker processes (default 2)")
         command.add_argument(
             "--restart",
             action="store_true",
@@ -631,8 +699,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("three-stage", "whole-to-patch", "patch-to-whole", "naive", "cascade"),
         help="training schema (default three-stage)",
     )
-    train.add_argument("--config", type=Path, help="JSON training settings (see Resources/Models/*.train.json)")
-    train.add_argument("--stage-epochs", type=int, nargs="+", help="epochs of each stage, e.g. 10 5 10")
+    train.add_argument("--config", type=_json_file, help="JSON training settings (see Resources/Models/*.train.json)")
+    train.add_argument(
+        "--stage-epochs", type=_number(int, 0, 100_000), nargs="+", help="epochs of each stage, e.g. 10 5 10"
+    )
     train.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
     train.add_argument("--name", default="curriculum", help="model name in its card (default curriculum)")
     train.add_argument("--work-dir", type=Path, help="checkpoints and logs (default OUT.work)")
@@ -659,8 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", help="model name, name:version or folder (default: the demo model)")
     segment.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     segment.add_argument("--probabilities", action="store_true", help="also write the tumour probability map")
-    segment.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default 1)")
-    segment.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (0.5)")
+    segment.add_argument(
+        "--batch-size", type=_number(int, 1, 256), default=1, help="windows per forward pass (default 1)"
+    )
+    segment.add_argument(
+        "--overlap", type=_number(float, 0.0, 0.95), default=0.5, help="sliding-window overlap in [0, 0.95] (0.5)"
+    )
     segment.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
     )
@@ -672,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     _add_progress_option(segment)
+    segment.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder that holds several")
     segment.set_defaults(run=cmd_segment)
 
     train_lesions = commands.add_parser(
@@ -687,13 +762,15 @@ def build_parser() -> argparse.ArgumentParser:
     train_lesions.add_argument(
         "--init", default="scratch", help="scratch (default), imagenet:FILE (SE-ResNet state dict) or lits:MODEL"
     )
-    train_lesions.add_argument("--folds", type=int, default=3, help="cross-validation folds by patient (3; 0 skips)")
     train_lesions.add_argument(
-        "--config", type=Path, help="JSON settings (see Resources/Models/demo-lesions.train.json)"
+        "--folds", type=_number(int, 0, 20), default=3, help="cross-validation folds by patient (3; 0 skips)"
     )
-    train_lesions.add_argument("--epochs", type=int, help="epochs (default 30)")
-    train_lesions.add_argument("--batch", type=int, help="slices per batch (default 16)")
-    train_lesions.add_argument("--seed", type=int, help="seed of folds, weights and augmentation")
+    train_lesions.add_argument(
+        "--config", type=_json_file, help="JSON settings (see Resources/Models/demo-lesions.train.json)"
+    )
+    train_lesions.add_argument("--epochs", type=COUNT, help="epochs (default 30)")
+    train_lesions.add_argument("--batch", type=_number(int, 1, 1024), help="slices per batch (default 16)")
+    train_lesions.add_argument("--seed", type=SEED, help="seed of folds, weights and augmentation")
     train_lesions.add_argument("--device", help="auto (default), cpu, cuda, cuda:N or mps")
     train_lesions.add_argument("--liver-model", help="segmentation model giving the liver box at inference")
     train_lesions.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
@@ -729,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
         "and an overlay PNG to OUT.",
     )
     demo.add_argument("--out", type=Path, default=Path("livertumor-demo"), help="output folder (livertumor-demo)")
-    demo.add_argument("--seed", type=int, default=7, help="phantom seed (default 7)")
+    demo.add_argument("--seed", type=SEED, default=7, help="phantom seed (default 7)")
     demo.add_argument("--model", help="model (default: the demo model)")
     demo.add_argument("--lesion-model", help="lesion classifier (default: the demo classifier)")
     demo.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
@@ -746,6 +823,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         keep_freed_memory()
     try:
         return args.run(args)
-    except (LiverTumorError, FileExistsError) as error:
-        print(f"livertumor {args.command}: error: {error}", file=sys.stderr)
+    except (LiverTumorError, OSError, MemoryError) as error:  # input, files, sizes: the user's to fix
+        print(f"livertumor {args.command}: error: {one_line(error)}", file=sys.stderr)
         return 2
+
+
+def one_line(error: BaseException, limit: int = 600) -> str:
+    """An error as one line: its lines joined with "; ", cut at ``limit`` characters."""
+    if isinstance(error, OSError) and error.strerror:
+        text = f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    elif isinstance(error, MemoryError):
+        text = "not enough memory for this input (a smaller block, --batch-size 1 or the CPU may help)"
+    else:
+        text = str(error)
+    text = "; ".join(line.strip() for line in text.splitlines() if line.strip()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

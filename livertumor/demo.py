@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +41,23 @@ def run_demo(
     model: str | None = None,
     device: str = "auto",
     lesion_model: str | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> str:
     """Make, segment and score one phantom, classify its lesions; write everything to ``out``; return the
-    printed summary."""
+    printed summary. ``progress(message)`` hears each step as it starts."""
+    from .models import read_card, resolve_model
+
+    say = progress or (lambda message: None)
     out = Path(out)
+    card = read_card(resolve_model(model))
+    say(f"making phantom {seed}")
     phantom = make_phantom(seed)
     write_volume(phantom.ct, out / "ct.nii.gz")
     write_volume(phantom.label, out / "truth.nii.gz")
+    say(f"segmenting with {card.name}:{card.version}")
     result = segment(phantom.ct, model=model, device=device)
     write_volume(result.labels, out / "prediction.nii.gz")
+    say("scoring")
     case = evaluate_pair(result.labels.array, phantom.label.array, phantom.ct.grid.spacing_zyx, f"phantom-{seed}")
     evaluation = Evaluation([case])
     write_json(out / "metrics.json", evaluation.to_json())
@@ -58,16 +67,24 @@ def run_demo(
         result.labels.array == 2,
         phantom.ct.grid.spacing_zyx,
         out / "overlay.png",
-        f"{result.model_name} on phantom seed {seed}",
+        f"{card.name}:{card.version} on phantom seed {seed}",
     )
     kinds = ", ".join(f"{lesion.kind} {lesion.diameter_mm:.0f} mm" for lesion in phantom.lesions) or "none"
+    say("classifying the true lesions")
     classes = _classify_true_lesions(phantom, out, lesion_model, device)
+    expected = ", ".join(f"{key.upper()} {value:.2f}" for key, value in card.validation.items() if key in EXPECTED)
     return (
-        f"phantom CT {phantom.ct.shape[::-1]} voxels, lesions: {kinds}\n"
-        f"model: {result.model_name}\n{evaluation.table()}\n{classes}\n"
+        f"phantom CT {phantom.ct.shape[::-1]} voxels (x, y, z), lesions (diameter as drawn): {kinds}\n"
+        f"model: {card.name}:{card.version}"
+        + (f" (on its held-out phantoms: {expected}; one phantom's scores scatter around these)" if expected else "")
+        + f"\n{evaluation.table()}\n{classes}\n"
         f"wrote {out}/ct.nii.gz, truth.nii.gz, prediction.nii.gz, metrics.json, lesions.json, overlay.png "
         f"(slice {slice_index})"
     )
+
+
+#: Validation figures of the card quoted as what to expect.
+EXPECTED = ("dg", "dc", "small_recall", "recall")
 
 
 def _classify_true_lesions(phantom, out: Path, model: str | None, device: str) -> str:
@@ -77,6 +94,8 @@ def _classify_true_lesions(phantom, out: Path, model: str | None, device: str) -
         return "lesion classes: the phantom has no lesion"
     from .lesions.classify import classify_lesions, write_report
     from .lesions.measure import lesion_components
+    from .lesions.model import DEFAULT_LESION_MODEL
+    from .models import read_card, resolve_model
 
     results = classify_lesions(phantom.ct, phantom.label, model=model, device=device)
     ids, _ = lesion_components(phantom.label.array == 2)
@@ -87,7 +106,8 @@ def _classify_true_lesions(phantom, out: Path, model: str | None, device: str) -
         right += truth == result.lesion_class
         lines.append(
             f"  lesion {result.id}: {result.lesion_class:<10} (drawn as {truth}), "
-            f"{result.measurement.longest_axial_diameter_mm:.0f} mm"
+            f"longest axial diameter {result.measurement.longest_axial_diameter_mm:.0f} mm"
         )
-    write_report(results, out / "lesions.json", model or "default", "phantom")
+    card = read_card(resolve_model(model, DEFAULT_LESION_MODEL))
+    write_report(results, out / "lesions.json", f"{card.name}:{card.version}", "phantom")
     return f"lesion classes ({right} of {len(results)} right):\n" + "\n".join(lines)

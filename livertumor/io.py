@@ -12,7 +12,8 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
@@ -90,20 +91,66 @@ def _require_3d_scalar(image: sitk.Image, source: str) -> None:
         )
 
 
+@contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """ITK's warnings go to stderr unasked (e.g. GDCM's "No Series were found"); our errors say it."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
 def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    with _quiet_itk():
+        series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))  # a UID may be empty
     if not series:
         raise ImageReadError(f"{folder} is a folder without a readable DICOM series")
     if series_uid is None:
         if len(series) > 1:
-            listing = "\n  ".join(series)
-            raise ImageReadError(f"{folder} holds {len(series)} DICOM series; choose one with series_uid:\n  {listing}")
+            raise ImageReadError(
+                f"{folder} holds {len(series)} DICOM series; choose one with --series: "
+                + ", ".join(repr(uid) for uid in series)
+            )
         series_uid = series[0]
     elif series_uid not in series:
         raise ImageReadError(f"{folder} holds no DICOM series {series_uid!r} (it has {', '.join(series)})")
+    with _quiet_itk():
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+    _check_slice_gaps(folder, files)
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+    reader.SetFileNames(files)
     return reader.Execute()
+
+
+def _check_slice_gaps(folder: Path, files: Sequence[str]) -> None:
+    """Refuse a series with missing or unreadable slices: ITK would spread the slices it has over the
+    whole range and report a wrong slice spacing (3 missing slices of 20 read as 2.375 mm, not 2.0)."""
+    positions, normal = [], None
+    for file in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(file)
+        try:
+            with _quiet_itk():
+                reader.ReadImageInformation()
+            position = [float(v) for v in reader.GetMetaData("0020|0032").split("\\")]
+            if normal is None:
+                row_col = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
+                normal = np.cross(row_col[:3], row_col[3:])
+        except RuntimeError:
+            raise ImageReadError(f"{folder}: slice {Path(file).name} is unreadable or truncated") from None
+        positions.append(float(np.dot(position, normal)))
+    if len(positions) < 3:
+        return
+    steps = np.diff(np.sort(positions))
+    typical = float(np.median(steps))
+    if typical <= 0 or np.any(np.abs(steps - typical) > 0.1 * typical):
+        gaps = [f"{step:.3g}" for step in steps if abs(step - typical) > 0.1 * typical][:3]
+        raise ImageReadError(
+            f"{folder}: the slices are not evenly spaced (usually {typical:.3g} mm, but {', '.join(gaps)} mm "
+            "between some): slices are missing or two series are mixed"
+        )
 
 
 class _NiftiLayout(NamedTuple):
@@ -186,21 +233,87 @@ def _nifti_missing_bytes(path: Path, layout: _NiftiLayout) -> int:
 
 def _check_nifti(path: Path) -> None:
     """What ITK does not say about a NIfTI file: data cut short, NaN or infinite voxels."""
-    with _nifti_open(path) as stream:
-        layout = _nifti_layout(stream.read(540))
-    if layout is None:
-        return
-    missing = _nifti_missing_bytes(path, layout)
+    try:
+        with _nifti_open(path) as stream:
+            layout = _nifti_layout(stream.read(540))
+        if layout is None:
+            return
+        missing = _nifti_missing_bytes(path, layout)
+        nonfinite = 0 if missing else _nifti_nonfinite(path, layout)
+    except (OSError, EOFError, zlib.error):  # gzip's BadGzipFile is an OSError
+        raise ImageReadError(f"cannot read {path}: its compressed data is damaged or it is not gzip") from None
     if missing:
-        raise RuntimeError(f"the file ends {missing} bytes before its voxel data does")
-    nonfinite = _nifti_nonfinite(path, layout)
+        raise ImageReadError(
+            f"cannot read {path}: the file is unreadable or truncated (it ends {missing} bytes before its voxel data)"
+        )
     if nonfinite:
         raise ImageReadError(f"{path} has {nonfinite} voxels that are NaN or infinite: not a valid image")
+
+
+def _check_declared_size(path: Path) -> None:
+    """Refuse a header that declares more voxel data than its file can hold, before ITK allocates it
+    (a 2 MB NRRD claiming 2048x2048x1000 made ITK take 8 GB). Compressed data is allowed the best ratio
+    zlib reaches (1032:1)."""
+    name = path.name.lower()
+    declared, available = 0, 0
+    if name.endswith((".hdr", ".img")):  # Analyze / NIfTI pair: the layout of NIfTI-1, data in .img
+        header, data = path.with_suffix(".hdr"), path.with_suffix(".img")
+        if header.is_file() and data.is_file():
+            with open(header, "rb") as handle:
+                layout = _nifti_layout(handle.read(348))
+            if layout is not None:
+                declared, available = layout.data_end, data.stat().st_size
+    elif name.endswith((".nrrd", ".nhdr", ".mha", ".mhd")):
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+        fields = _text_header_fields(head)
+        sizes = fields.get("sizes") or fields.get("dimsize")
+        kind = (fields.get("type") or fields.get("elementtype") or "").lower()
+        if sizes and kind and "data file" not in fields and fields.get("elementdatafile", "local").lower() == "local":
+            voxels = int(np.prod([int(float(v)) for v in sizes.split()]))
+            declared = voxels * _element_bytes(kind)
+            compressed = fields.get("encoding", "raw").lower() not in ("raw",) or fields.get(
+                "compresseddata", "false"
+            ).lower() in ("true", "1")
+            available = path.stat().st_size * (1032 if compressed else 1)
+    if declared > available > 0 or (declared and not available):
+        raise ImageReadError(
+            f"cannot read {path}: its header declares {declared:,} bytes of voxel data, more than the file holds"
+        )
+
+
+def _text_header_fields(head: bytes) -> dict[str, str]:
+    """``key: value`` / ``Key = Value`` fields of an NRRD or MetaImage header (lower-case keys)."""
+    fields = {}
+    for line in head.split(b"\n"):
+        if not line.strip():
+            break  # NRRD: the data follows a blank line
+        text = line.decode("latin-1").strip()
+        key, separator, value = text.partition("=" if " = " in text else ":")
+        if separator:
+            fields[key.strip().lower()] = value.strip().lstrip("=").strip()
+        if key.strip().lower() == "elementdatafile":
+            break  # MetaImage: the data follows this field
+    return fields
+
+
+def _element_bytes(kind: str) -> int:
+    """Bytes per voxel of an NRRD ``type`` or MetaImage ``ElementType``."""
+    for names, size in (
+        (("double", "met_double", "int64", "uint64", "long long", "met_long_long", "met_ulong_long"), 8),
+        (("float", "met_float", "int", "uint", "int32", "uint32", "met_int", "met_uint"), 4),
+        (("short", "ushort", "int16", "uint16", "met_short", "met_ushort", "unsigned short"), 2),
+    ):
+        if kind in names:
+            return size
+    return 1
 
 
 def _read_file(path: Path) -> sitk.Image:
     if path.name.lower().endswith((".nii", ".nii.gz")):
         _check_nifti(path)
+    else:
+        _check_declared_size(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     image = reader.Execute()
@@ -225,6 +338,8 @@ def read_image(path: str | os.PathLike, series_uid: str | None = None) -> Volume
         raise ImageReadError(f"{path} does not exist")
     try:
         image = _read_dicom_series(path, series_uid) if path.is_dir() else _read_file(path)
+    except OSError as error:
+        raise ImageReadError(f"cannot read {path}: {error.strerror or error}") from None
     except RuntimeError as error:
         # ITK's message is long; its last line says why (e.g. "Premature EOF" for a truncated file).
         reason = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"

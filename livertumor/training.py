@@ -116,6 +116,14 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
+        """Settings from JSON (a ``--config`` file or a card); anything malformed is one clear error."""
+        try:
+            return cls._from_json(data)
+        except (TypeError, KeyError, AttributeError) as error:
+            raise LiverTumorError(f"invalid training settings: {error}") from None
+
+    @classmethod
+    def _from_json(cls, data: dict) -> TrainConfig:
         values = dict(data)
         if "architecture" in values:
             values["architecture"] = ResUNetConfig.from_dict(values["architecture"])

@@ -59,6 +59,37 @@ def _as_volume(value: Volume | str | os.PathLike) -> Volume:
     return value if isinstance(value, Volume) else read_image(value)
 
 
+#: A 0/1 map whose 1 is one piece this large (mL) is a liver without tumour, not a lesion: a liver is
+#: 1,000-2,000 mL, the largest lesion the models are trained for (80 mm) 270 mL.
+LIVER_ONLY_ML = 700.0
+#: A lesion map has a few label values; more distinct values than this is an image (a CT given by mistake).
+MAX_LABEL_VALUES = 16
+
+
+def lesion_voxels(lesion_map: np.ndarray, voxel_ml: float) -> np.ndarray:
+    """The lesion voxels of a ``--lesions`` map. A 0/1/2 label map (``segment``'s output, LiTS) gives
+    its 2; a map of 0 and 1 only is a lesion mask, unless its 1 is one liver-sized piece (a liver
+    segmentation without tumour: no lesions); any other map with few values is a mask of its non-zero
+    voxels. A map with many values or fractions is refused: it is an image, not labels."""
+    values = np.unique(lesion_map)
+    whole = bool(np.all(np.mod(values, 1) == 0))
+    if values.size > MAX_LABEL_VALUES or not whole:
+        raise LiverTumorError(
+            f"the lesion map holds {values.size} distinct values{'' if whole else ' and fractions'}: "
+            "an image (a CT?), not a lesion mask or label map"
+        )
+    if TUMOUR in values and LIVER in values:
+        return lesion_map == TUMOUR
+    mask = lesion_map != 0
+    if set(values.tolist()) <= {0, LIVER} and mask.sum() * voxel_ml > LIVER_ONLY_ML:
+        from scipy import ndimage
+
+        labels, count = ndimage.label(mask)
+        if count and np.bincount(labels.ravel())[1:].max() * voxel_ml > LIVER_ONLY_ML:
+            return np.zeros_like(mask)
+    return mask
+
+
 def _liver_mask(ct: Volume, lesion_map: np.ndarray, liver, liver_model: str | None, device: str) -> np.ndarray:
     if liver is not None:
         volume = _as_volume(liver)
@@ -96,11 +127,10 @@ def classify_lesions(
     lesion_volume = _as_volume(lesions)
     ct.grid.require_same(lesion_volume.grid, "the lesion mask and the CT")
     lesion_map = np.asarray(lesion_volume.array)
-    # A 0/1/2 label map (segment's output, LiTS) gives tumour as 2; any other map is a lesion mask.
-    is_label_map = lesion_map.max() == TUMOUR and (lesion_map == LIVER).any()
-    tumour = lesion_map == TUMOUR if is_label_map else lesion_map != 0
+    tumour = lesion_voxels(lesion_map, lesion_volume.grid.voxel_volume_ml)
     if not tumour.any():
-        raise LiverTumorError("the lesion mask is empty: there is no lesion to classify")
+        report(1.0, "no lesion")
+        return []
     torch_device = resolve_device(device)
     loaded = load_lesion_model(model, torch_device)
     card = loaded.card

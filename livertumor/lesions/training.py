@@ -56,12 +56,16 @@ class LesionTrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> LesionTrainConfig:
+        """Settings from JSON (a ``--config`` file or a card); anything malformed is one clear error."""
         values = dict(data)
-        if "encoder" in values:
-            values["encoder"] = SEResNetConfig.from_dict(values["encoder"])
-        if "slices" in values:
-            values["slices"] = SliceConfig(**values["slices"])
-        return cls(**values)
+        try:
+            if "encoder" in values:
+                values["encoder"] = SEResNetConfig.from_dict(values["encoder"])
+            if "slices" in values:
+                values["slices"] = SliceConfig(**values["slices"])
+            return cls(**values)
+        except (TypeError, KeyError, AttributeError) as error:
+            raise LiverTumorError(f"invalid lesion training settings: {error}") from None
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
