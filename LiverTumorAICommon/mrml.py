@@ -11,28 +11,17 @@ maps onto the grid's spacing, origin and direction by flipping the first two row
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import vtk
 from vtk.util import numpy_support
 
-import livertumor
 from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError
+from livertumor.terminology import SegmentTerm, load_terms
 from livertumor.volume import Grid, Volume
 
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 #: Node reference from a lesion table to the CT it measures.
 VOLUME_REFERENCE_ROLE = "LiverTumorAI.volume"
-#: The extension's terminology file: the single source of segment names, codes and colours. It lies in
-#: Resources/ beside the ``livertumor`` package, in the source tree and in the installed extension alike.
-TERMINOLOGY_FILE = (
-    Path(livertumor.__file__).resolve().parents[1] / "Resources" / "Terminology" / "LiverTumorAI.term.json"
-)
-
-
 def _slicer():
     import slicer  # the Slicer application's module, or slicer-core's outside it
 
@@ -105,36 +94,6 @@ def add_volume_node(scene, volume: Volume, name: str, like=None, class_name: str
     if like is not None and like.GetParentTransformNode() is not None:
         node.SetAndObserveTransformNodeID(like.GetParentTransformNode().GetID())
     return node
-
-
-@dataclass(frozen=True)
-class SegmentTerm:
-    """One entry of the terminology file: segment name, colour and the Slicer terminology string."""
-
-    name: str
-    color: tuple[float, float, float]
-    terminology: str
-
-
-def load_terms(path: Path = TERMINOLOGY_FILE) -> dict[str, SegmentTerm]:
-    """Segment terms by key (``liver``, ``tumor``, ``cyst``, ``hemangioma``, ``metastasis``) from the
-    extension's ``.term.json`` (``3dSlicerLabel`` names the segment; ``LiverTumorAIKey`` is our key)."""
-    data = json.loads(Path(path).read_text())
-    context = data["SegmentationCategoryTypeContextName"]
-    terms = {}
-    for category in data["SegmentationCodes"]["Category"]:
-        category_code = f"{category['CodingSchemeDesignator']}^{category['CodeValue']}^{category['CodeMeaning']}"
-        for entry in category["Type"]:
-            type_code = f"{entry['CodingSchemeDesignator']}^{entry['CodeValue']}^{entry['CodeMeaning']}"
-            region = entry.get("anatomicRegion", {})
-            region_code = (
-                f"{region['CodingSchemeDesignator']}^{region['CodeValue']}^{region['CodeMeaning']}" if region else "^^"
-            )
-            anatomic_context = "Anatomic codes - DICOM master list" if region else ""
-            string = f"{context}~{category_code}~{type_code}~^^~{anatomic_context}~{region_code}~^^"
-            color = tuple(c / 255.0 for c in entry["recommendedDisplayRGBValue"])
-            terms[entry["LiverTumorAIKey"]] = SegmentTerm(entry["3dSlicerLabel"], color, string)
-    return terms
 
 
 def add_segmentation_node(scene, reference_node, masks: list[tuple[str, np.ndarray]], name: str):

@@ -182,3 +182,45 @@ def test_import_model_verifies_and_never_overwrites(tiny_model, tmp_path, monkey
     with pytest.raises(ModelChecksumError):
         import_model(broken)
     assert not target.exists()
+
+
+def test_segment_writes_slicer_segmentation_statistics_preview_and_drops_small_lesions(tiny_model, tiny_data, tmp_path):
+    import csv
+
+    from livertumor.lesions.measure import lesion_components
+
+    ct = tiny_data / "volume-1.nii"
+    plain = run("segment", ct, "-o", tmp_path / "plain", "--model", tiny_model, "--device", "cpu")
+    assert plain.returncode == 0, plain.stderr
+    assert "model tiny:1" in plain.stdout  # name and version
+    labels = read_label(tmp_path / "plain" / "volume-1_seg.nii.gz")
+    result = run(
+        "segment",
+        ct,
+        "-o",
+        tmp_path / "rich",
+        "--model",
+        tiny_model,
+        "--device",
+        "cpu",
+        "--format",
+        ".seg.nrrd",
+        "--statistics",
+        "--preview",
+    )
+    assert result.returncode == 0, result.stderr
+    segmentation = read_label(tmp_path / "rich" / "volume-1.seg.nrrd")
+    assert np.array_equal(segmentation.array, labels.array) and segmentation.grid.same_as(labels.grid)
+    header = (tmp_path / "rich" / "volume-1.seg.nrrd").read_bytes()[:4000]
+    assert b"Segment0_Name:=Liver" in header or not (labels.array == 1).any()
+    rows = list(csv.DictReader((tmp_path / "rich" / "volume-1_lesions.csv").open()))
+    _, count = lesion_components(labels.array == 2)
+    assert len(rows) == count
+    if rows:
+        assert {"volume_ml", "longest_axial_diameter_mm", "mean_hu"} <= set(rows[0])
+    assert (tmp_path / "rich" / "volume-1_preview.png").read_bytes()[:4] == b"\x89PNG"
+    small = run(
+        "segment", ct, "-o", tmp_path / "big", "--model", tiny_model, "--device", "cpu", "--min-lesion-mm", "100"
+    )
+    assert small.returncode == 0, small.stderr
+    assert not (read_label(tmp_path / "big" / "volume-1_seg.nii.gz").array == 2).any()

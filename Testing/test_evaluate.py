@@ -94,3 +94,29 @@ def test_missing_predictions_are_named(folders, tmp_path):
     write_volume(make_phantom(0, (16, 32, 32), (8, 10, 10)).label, tmp_path / "pred" / "segmentation-0.nii")
     result = run("evaluate", "--pred", tmp_path / "pred", "--gt", root / "truth")
     assert result.returncode == 2 and "segmentation-1.nii.gz has no prediction" in result.stderr
+
+
+def test_table_says_units_means_over_cases_and_pooled_recall():
+    import numpy as np
+
+    from livertumor.evaluation import Evaluation
+    from livertumor.metrics import evaluate_pair
+
+    truth_a = np.zeros((10, 20, 20), np.uint8)
+    truth_a[2:5, 2:6, 2:6] = 2
+    pred_a = truth_a.copy()
+    pred_a[2:5, 2:6, 6:8] = 2  # found, 50 % too large
+    truth_b = np.zeros_like(truth_a)
+    for x in (2, 8, 14):
+        truth_b[4:6, 4:6, x : x + 2] = 2
+    pred_b = np.zeros_like(truth_a)
+    pred_b[8:10, 16:18, 16:18] = 2  # misses all three
+    cases = [evaluate_pair(pred_a, truth_a, (1.0, 1.0, 1.0), "a"), evaluate_pair(pred_b, truth_b, (1.0, 1.0, 1.0), "b")]
+    table = Evaluation(cases).table()
+    header, *_ = table.splitlines()
+    assert "RVD %" in header and "ASSD mm" in header
+    row_a = next(line for line in table.splitlines() if line.startswith("a "))
+    assert "50.000" in row_a  # RVD of +50 % shown in per cent
+    mean_row = next(line for line in table.splitlines() if line.startswith("mean of cases"))
+    assert mean_row.split()[-1] == "0.500"  # (1 + 0) / 2, not 1 of 4 pooled
+    assert "1 of 4 found (pooled recall 0.250)" in table

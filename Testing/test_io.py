@@ -238,3 +238,14 @@ def test_atomic_writes_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_grid_mismatch_is_one_line_naming_each_grid_in_the_sentences_order():
+    first = Grid((4, 5, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    second = Grid((4, 5, 6), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0))
+    with pytest.raises(GridMismatchError) as caught:
+        first.require_same(second, "the CT", "the lesion mask")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.index("the CT:") < message.index("(1, 1, 2)") < message.index("the lesion mask:")
+    assert message.index("the lesion mask:") < message.index("(1, 1, 3)")

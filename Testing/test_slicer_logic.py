@@ -665,3 +665,23 @@ def test_only_prefixed_lines_are_events_so_printed_text_cannot_forge_one(tmp_pat
         time.sleep(0.02)
     assert process.events == [{"progress": 1.0, "message": "done"}]
     assert '{"event": "saved", "model": "/tmp/attacker"}' in process.log
+
+
+def test_seg_nrrd_written_by_the_library_opens_in_slicer_with_named_segments(scene, tiny_case, tmp_path):
+    from livertumor.io import write_segmentation
+
+    ct, label = tiny_case
+    write_segmentation(label, tmp_path / "case.seg.nrrd")
+    volume = mrml.add_volume_node(scene, ct, "ct")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "read")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(tmp_path / "case.seg.nrrd"))
+    assert storage.ReadData(segmentation)
+    segments = segmentation.GetSegmentation()
+    names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+    assert names == ["Liver", "Liver tumor"]
+    tumour = segments.GetSegmentIdBySegmentName("Liver tumor")
+    assert np.array_equal(mrml.segment_mask(segmentation, tumour, volume), label.array == 2)
+    tag = vtk.reference("")
+    segment = segments.GetSegment(tumour)
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag) and "108369006" in tag.get()

@@ -242,14 +242,13 @@ class Reporter:
         if mode == "bar":
             from tqdm import tqdm
 
-            self.bar = tqdm(
-                total=100, desc=description, file=sys.stderr, disable=None, bar_format="{l_bar}{bar}| {postfix}"
-            )
+            self.bar = tqdm(total=100, desc=description, file=sys.stderr, disable=None, bar_format="{l_bar}{bar}|")
 
     def fraction(self, value: float, message: str) -> None:
         if self.bar is not None:
             self.bar.n = round(100 * value)
-            self.bar.set_postfix_str(message, refresh=True)
+            # the message goes in the description: tqdm starts a postfix with ", "
+            self.bar.set_description_str(f"{self.description}: {message}" if message else self.description)
         elif self.mode == "json":
             self.json(progress=round(value, 4), message=message)
 
@@ -386,39 +385,56 @@ def output_stem(path: Path) -> str:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import segment
-    from .io import folder_lock, read_ct, write_volume
+    from .io import folder_lock, read_ct, write_segmentation, write_volume
 
     inputs = _segment_inputs(args.inputs)
     plans, outputs = [], []
     for path in inputs:
         stem = output_stem(path)
-        label_path = args.output / f"{stem}_seg{args.format}"
-        probability_path = args.output / f"{stem}_tumour_probability{args.format}" if args.probabilities else None
+        label_path = args.output / (f"{stem}.seg.nrrd" if args.format == ".seg.nrrd" else f"{stem}_seg{args.format}")
+        volume_format = ".nrrd" if args.format == ".seg.nrrd" else args.format
+        extra = {
+            "probability": args.output / f"{stem}_tumour_probability{volume_format}" if args.probabilities else None,
+            "statistics": args.output / f"{stem}_lesions.csv" if args.statistics else None,
+            "preview": args.output / f"{stem}_preview.png" if args.preview else None,
+        }
         outputs += [(label_path, f"the labels of {path}")]
-        outputs += [(probability_path, f"the probability of {path}")] if probability_path else []
-        plans.append((path, label_path, probability_path))
+        outputs += [(target, f"the {kind} of {path}") for kind, target in extra.items() if target]
+        if args.statistics:
+            outputs.append((args.output / f"{stem}_lesions.json", f"the statistics of {path}"))
+        plans.append((path, label_path, extra))
     check_outputs(outputs, inputs, args.overwrite)
     reporter = Reporter(args.progress, "segment")
     with folder_lock(args.output):
         try:
-            for number, (path, label_path, probability_path) in enumerate(plans):
+            for number, (path, label_path, extra) in enumerate(plans):
 
                 def progress(fraction: float, message: str, number: int = number, name: str = path.name) -> None:
                     reporter.fraction((number + fraction) / len(plans), f"{name}: {message}")
 
+                ct = read_ct(path, args.series)
                 result = segment(
-                    read_ct(path, args.series) if args.series is not None else path,
+                    ct,
                     args.model,
                     args.device,
                     args.batch_size,
                     args.overlap,
-                    probability_path is not None,
+                    extra["probability"] is not None,
                     args.precision,
                     progress,
+                    tumour_in_liver=True if args.tumour_in_liver else None,
+                    min_lesion_mm=args.min_lesion_mm,
                 )
-                write_volume(result.labels, label_path)
-                if probability_path is not None:
-                    write_volume(result.tumour_probability, probability_path)
+                if args.format == ".seg.nrrd":
+                    write_segmentation(result.labels, label_path)
+                else:
+                    write_volume(result.labels, label_path)
+                if extra["probability"] is not None:
+                    write_volume(result.tumour_probability, extra["probability"])
+                if extra["statistics"] is not None:
+                    write_lesion_statistics(ct, result.labels, extra["statistics"])
+                if extra["preview"] is not None:
+                    write_preview(ct, result.labels, extra["preview"], f"{path.name}: {result.model_name}")
                 tumour_ml = float((result.labels.array == 2).sum()) * result.labels.grid.voxel_volume_ml
                 reporter.json(event="written", input=str(path), labels=str(label_path), tumour_ml=tumour_ml)
                 if args.progress != "json":
@@ -426,6 +442,71 @@ def cmd_segment(args: argparse.Namespace) -> int:
         finally:
             reporter.close()
     return 0
+
+
+def write_lesion_statistics(ct, labels, csv_path: Path) -> None:
+    """Per tumour lesion (26-connected component of label 2): volume, longest axial diameter, centroid
+    (LPS mm) and mean HU, as ``csv_path`` and the same rows as JSON beside it."""
+    import csv
+    import io as text_io
+
+    from .io import write_json, write_text_atomic
+    from .lesions.measure import measure_lesions
+
+    ids, measurements = measure_lesions(labels, label=2)
+    rows = []
+    for m in measurements:
+        x, y, z = m.centroid_lps_mm
+        rows.append(
+            {
+                "lesion": m.id,
+                "volume_ml": round(m.volume_ml, 3),
+                "longest_axial_diameter_mm": round(m.longest_axial_diameter_mm, 1),
+                "centroid_x_lps_mm": round(x, 1),
+                "centroid_y_lps_mm": round(y, 1),
+                "centroid_z_lps_mm": round(z, 1),
+                "mean_hu": round(float(ct.array[ids == m.id].mean()), 1),
+            }
+        )
+    buffer = text_io.StringIO()
+    writer = csv.DictWriter(buffer, list(rows[0]) if rows else ["lesion"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(csv_path, buffer.getvalue())
+    write_json(csv_path.with_suffix(".json"), {"lesions": rows})
+
+
+def write_preview(ct, labels, path: Path, title: str) -> None:
+    """Axial, coronal and sagittal slices through the largest lesion (or the middle) with the liver and
+    tumour outlined, axial in radiological orientation."""
+    from .plotting import pyplot, radiological_axial, save_figure
+
+    plt = pyplot()
+    tumour = labels.array == 2
+    centre = np.argwhere(tumour).mean(0).round().astype(int) if tumour.any() else np.array(labels.shape) // 2
+    window = {"cmap": "gray", "vmin": -160, "vmax": 240}
+    spacing_x, spacing_y, spacing_z = ct.grid.spacing
+    figure, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    views = [
+        (
+            "axial",
+            radiological_axial(ct.array, ct.grid, centre[0]),
+            radiological_axial(labels.array, ct.grid, centre[0]),
+            spacing_y / spacing_x,
+        ),
+        ("coronal", ct.array[::-1, centre[1]], labels.array[::-1, centre[1]], spacing_z / spacing_x),
+        ("sagittal", ct.array[::-1, :, centre[2]], labels.array[::-1, :, centre[2]], spacing_z / spacing_y),
+    ]
+    for axis, (name, image, label, aspect) in zip(axes, views):
+        axis.imshow(image, aspect=aspect, **window)
+        for value, colour in ((1, "yellow"), (2, "red")):
+            if (label == value).any():
+                axis.contour(label == value, levels=[0.5], colors=colour, linewidths=0.8)
+        axis.set_title(name, fontsize=9)
+        axis.axis("off")
+    figure.suptitle(f"{title} (liver yellow, tumour red)", fontsize=9)
+    figure.tight_layout()
+    save_figure(figure, path)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -740,10 +821,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument(
         "--format",
-        choices=(".nii.gz", ".nrrd", ".nii", ".mha"),
+        choices=(".nii.gz", ".nrrd", ".nii", ".mha", ".seg.nrrd"),
         default=".nii.gz",
-        help="output file type (default .nii.gz)",
+        help="output file type (default .nii.gz; .seg.nrrd: a Slicer segmentation with named segments)",
     )
+    segment.add_argument(
+        "--min-lesion-mm",
+        type=_number(float, 0.0, 100.0),
+        default=0.0,
+        help="drop tumour components smaller than this equivalent diameter (default 0: keep all)",
+    )
+    segment.add_argument(
+        "--tumour-in-liver", action="store_true", help="keep only tumour in the largest liver component"
+    )
+    segment.add_argument(
+        "--statistics", action="store_true", help="per-lesion CSV and JSON: volume, diameter, centroid, mean HU"
+    )
+    segment.add_argument("--preview", action="store_true", help="a PNG of three planes with the result outlined")
     segment.add_argument("--overwrite", action="store_true", help="replace outputs that exist")
     _add_progress_option(segment)
     segment.add_argument("--series", metavar="UID", help="the DICOM series to read from a folder that holds several")

@@ -105,38 +105,62 @@ class Evaluation:
         return buffer.getvalue()
 
     def table(self) -> str:
-        """A plain-text table for the terminal."""
-        header = f"{'case':<20}" + "".join(f"{k.upper():>9}" for k in METRIC_KEYS) + f"{'recall':>8}"
+        """A plain-text table for the terminal: per case and the mean over cases (RVD in per cent,
+        distances in mm); the pooled figures (DG, lesions found) below it."""
+        header = f"{'case':<20}" + "".join(f"{_HEADERS[k]:>9}" for k in METRIC_KEYS) + f"{'recall':>8}"
         lines = [header, "-" * len(header)]
+        recalls = []
         for case in self.cases:
             recall = case.lesions.summary()["recall"] if case.lesions else None
-            lines.append(f"{case.name:<20}" + "".join(_cell(case.metrics[k]) for k in METRIC_KEYS) + _cell(recall, 8))
+            if recall is not None:
+                recalls.append(recall)
+            lines.append(
+                f"{case.name:<20}" + "".join(_metric_cell(k, case.metrics[k]) for k in METRIC_KEYS) + _cell(recall, 8)
+            )
         aggregate = self.aggregate()
         lines.append("-" * len(header))
-        means = "".join(_cell(aggregate[k]) for k in METRIC_KEYS)
-        lines.append(f"{'mean':<20}{means}{_cell(aggregate['recall'], 8)}")
-        lines.append(f"Dice global (DG): {_cell(aggregate['dg'], 0).strip()}")
-        lines.append(f"lesions: {aggregate['tp']} of {aggregate['lesions']} found, {aggregate['fp']} false positives")
+        means = "".join(_metric_cell(k, aggregate[k]) for k in METRIC_KEYS)
+        mean_recall = float(np.mean(recalls)) if recalls else None
+        lines.append(f"{'mean of cases':<20}{means}{_cell(mean_recall, 8)}")
+        lines.append(f"Dice global (DG): {_cell(aggregate['dg'], 0).strip()} (all cases' voxels pooled)")
+        pooled = "" if aggregate["recall"] is None else f" (pooled recall {aggregate['recall']:.3f})"
+        lines.append(
+            f"lesions: {aggregate['tp']} of {aggregate['lesions']} found{pooled}, {aggregate['fp']} false positives"
+        )
         return "\n".join(lines)
 
     def plot(self, folder: str | os.PathLike) -> list[Path]:
-        """One PNG box plot per metric in ``folder``; returns the files written."""
+        """One PNG per metric in ``folder``: a box plot with every case drawn as a point (few cases make
+        a box plot alone misleading); returns the files written."""
         plt = pyplot()
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written = []
+        rng = np.random.default_rng(0)
         for key in METRIC_KEYS:
-            values = [case.metrics[key] for case in self.cases if case.metrics[key] is not None]
+            scale = 100.0 if key == "rvd" else 1.0
+            values = [scale * case.metrics[key] for case in self.cases if case.metrics[key] is not None]
             figure, axis = plt.subplots(figsize=(3, 4))
-            axis.boxplot(values if values else [np.nan])
-            axis.set_title(key.upper())
+            if values:
+                axis.boxplot(values)
+                axis.scatter(1 + rng.uniform(-0.08, 0.08, len(values)), values, s=14, color="k", zorder=3)
+            axis.set_title(f"{_HEADERS[key]} (n = {len(values)} cases)", fontsize=9)
+            axis.set_ylabel(_HEADERS[key])
             axis.set_xticks([])
             figure.tight_layout()
             path = folder / f"{key}.png"
             save_figure(figure, path)
             written.append(path)
         return written
+
+
+#: Column titles with units; RVD is shown in per cent (the JSON and CSV keep it as a fraction).
+_HEADERS = {"dc": "DC", "voe": "VOE", "rvd": "RVD %", "assd": "ASSD mm", "msd": "MSD mm", "rmsd": "RMSD mm"}
+
+
+def _metric_cell(key: str, value: float | None) -> str:
+    return _cell(None if value is None else value * (100.0 if key == "rvd" else 1.0))
 
 
 def _cell(value: float | None, width: int = 9) -> str:
@@ -157,7 +181,7 @@ def evaluate_files(
     for done, (name, pred_path, truth_path) in enumerate(pairs, start=1):
         truth = read_image(truth_path)
         pred = read_image(pred_path)
-        truth.grid.require_same(pred.grid, f"the prediction {pred_path} and the truth {truth_path}")
+        truth.grid.require_same(pred.grid, f"the truth {truth_path}", f"the prediction {pred_path}")
         results.append(
             evaluate_pair(
                 pred.array,

@@ -152,9 +152,16 @@ def segment(
     probabilities: bool = False,
     precision: str = "auto",
     progress: Progress | None = None,
+    tumour_in_liver: bool | None = None,
+    min_lesion_mm: float = 0.0,
 ) -> Segmentation:
     """Segment liver tumours in a CT: preprocessing from the model's card, sliding window, back onto the
-    CT's grid. ``model`` is a registry name, a model folder, or None for the default model."""
+    CT's grid. ``model`` is a registry name, a model folder, or None for the default model.
+
+    ``tumour_in_liver`` keeps only tumour in the largest liver component (None: as the card says; it
+    needs a model that segments the liver). ``min_lesion_mm`` drops tumour components whose
+    equivalent-sphere diameter on the CT's grid is below it (they become liver where the model gives
+    liver, else background)."""
     from .io import check_ct_values, read_ct
     from .models import load_model
 
@@ -200,12 +207,33 @@ def segment(
                 labels[region][classes == LIVER] = LIVER
             tumour[region] = result[channel]
             labels[region][classes == channel] = TUMOUR
-    if loaded.card.tumour_in_liver and (labels == LIVER).any():
+    keep_in_liver = loaded.card.tumour_in_liver if tumour_in_liver is None else tumour_in_liver
+    if keep_in_liver and (labels == LIVER).any():
         tumour[drop_tumour_outside_liver(labels)] = 0.0
     report(0.9, "mapping back onto the input grid")
     on_input = restore_to_grid(prepared.with_array(labels), ct.grid, is_label=True)
+    if min_lesion_mm > 0:
+        drop_small_lesions(on_input, min_lesion_mm)
     probability = None
     if probabilities:
         probability = restore_to_grid(prepared.with_array(tumour), ct.grid, is_label=False)
     report(1.0, "done")
-    return Segmentation(on_input, probability, loaded.card.name)
+    return Segmentation(on_input, probability, f"{loaded.card.name}:{loaded.card.version}")
+
+
+def drop_small_lesions(labels: Volume, min_diameter_mm: float) -> int:
+    """Relabel (in place) tumour components whose equivalent-sphere diameter is below
+    ``min_diameter_mm``: as liver where the model segments the liver (a liver tumour lies in it), else
+    background. Returns how many went."""
+    from .lesions.measure import lesion_components
+
+    ids, count = lesion_components(labels.array == TUMOUR)
+    if not count:
+        return 0
+    volumes_mm3 = np.bincount(ids.ravel())[1:] * labels.grid.voxel_volume_ml * 1000.0
+    diameters = np.cbrt(6.0 * volumes_mm3 / np.pi)
+    small = np.flatnonzero(diameters < min_diameter_mm) + 1
+    if small.size:
+        mask = np.isin(ids, small)
+        labels.array[mask] = LIVER if (labels.array == LIVER).any() else 0
+    return int(small.size)

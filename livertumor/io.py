@@ -407,7 +407,7 @@ def read_label(
     if allowed is not None:
         check_label_values(volume, allowed, str(path))
     if reference is not None:
-        reference.require_same(volume.grid, f"the label map {path} and its image")
+        volume.grid.require_same(reference, f"the label map {path}", "its image")
     return volume.with_array(volume.array.astype(np.uint8))
 
 
@@ -511,3 +511,37 @@ def _process_alive(pid: int) -> bool:
     except PermissionError:  # alive, another user's
         return True
     return True
+
+
+#: Segments of a ``.seg.nrrd`` written from a 0/1/2 label map: label value -> terminology key.
+SEGMENTATION_TERMS = {1: "liver", 2: "tumor"}
+
+
+def write_segmentation(labels: Volume, path: str | os.PathLike) -> Path:
+    """Write a 0/1/2 label map as a Slicer segmentation file (``.seg.nrrd``): one layer, a *Liver* and a
+    *Liver tumor* segment with the extension's names, colours and terminology (segments absent from the
+    map are left out), atomically. Slicer opens it as a segmentation node on the label map's grid."""
+    from .terminology import load_terms
+
+    path = Path(path)
+    if not path.name.lower().endswith(".seg.nrrd"):
+        raise ImageWriteError(f"cannot write {path} as a segmentation: its name must end in .seg.nrrd")
+    terms = load_terms()
+    image = to_sitk(labels.with_array(labels.array.astype(np.uint8)))
+    extent = " ".join(f"0 {n - 1}" for n in labels.shape[::-1])
+    image.SetMetaData("Segmentation_MasterRepresentation", "Binary labelmap")
+    image.SetMetaData("Segmentation_ContainedRepresentationNames", "Binary labelmap|")
+    image.SetMetaData("Segmentation_ReferenceImageExtentOffset", "0 0 0")
+    present = [value for value in SEGMENTATION_TERMS if (labels.array == value).any()]
+    for index, value in enumerate(present):
+        term = terms[SEGMENTATION_TERMS[value]]
+        image.SetMetaData(f"Segment{index}_ID", f"Segment_{value}")
+        image.SetMetaData(f"Segment{index}_Name", term.name)
+        image.SetMetaData(f"Segment{index}_Color", " ".join(f"{c:.6g}" for c in term.color))
+        image.SetMetaData(f"Segment{index}_LabelValue", str(value))
+        image.SetMetaData(f"Segment{index}_Layer", "0")
+        image.SetMetaData(f"Segment{index}_Extent", extent)
+        image.SetMetaData(f"Segment{index}_Tags", f"TerminologyEntry:{term.terminology}|")
+    with atomic_path(path) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+    return path

@@ -105,13 +105,14 @@ class Grid:
         origin = ", ".join(f"{o:.4g}" for o in self.origin)
         return f"shape (z,y,x) {self.shape}, spacing (x,y,z) ({spacing}) mm, origin ({origin}) mm, {self.orientation()}"
 
-    def require_same(self, other: Grid, what: str = "the two volumes") -> None:
-        """Raise :class:`GridMismatchError` naming the difference unless the grids coincide."""
+    def require_same(self, other: Grid, this: str = "the first volume", that: str = "the second volume") -> None:
+        """Raise :class:`GridMismatchError` unless the grids coincide: one line naming ``this`` (on this
+        grid) and ``that`` (on ``other``), each with its grid, in that order."""
         if not self.same_as(other):
             raise GridMismatchError(
-                f"{what} are not on the same voxel grid:\n  {self.describe()}\n  {other.describe()}\n"
-                "Resample one onto the other first (e.g. in Slicer: Resample Image (BRAINS) or "
-                "Segmentations > Export to labelmap with the CT as reference)."
+                f"{this} and {that} are not on the same voxel grid ({this}: {self.describe()}; {that}: "
+                f"{other.describe()}); resample one onto the other first (e.g. in Slicer: Resample Image "
+                "(BRAINS) or Segmentations > Export to labelmap with the CT as reference)"
             )
 
 

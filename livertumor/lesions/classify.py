@@ -93,7 +93,7 @@ def lesion_voxels(lesion_map: np.ndarray, voxel_ml: float) -> np.ndarray:
 def _liver_mask(ct: Volume, lesion_map: np.ndarray, liver, liver_model: str | None, device: str) -> np.ndarray:
     if liver is not None:
         volume = _as_volume(liver)
-        ct.grid.require_same(volume.grid, "the liver mask and the CT")
+        ct.grid.require_same(volume.grid, "the CT", "the liver mask")
         return volume.array != 0
     if lesion_map.max() == TUMOUR and (lesion_map == LIVER).any():
         return lesion_map >= LIVER
@@ -125,7 +125,7 @@ def classify_lesions(
     ct = read_ct(image) if not isinstance(image, Volume) else image
     check_ct_values(ct)
     lesion_volume = _as_volume(lesions)
-    ct.grid.require_same(lesion_volume.grid, "the lesion mask and the CT")
+    ct.grid.require_same(lesion_volume.grid, "the CT", "the lesion mask")
     lesion_map = np.asarray(lesion_volume.array)
     tumour = lesion_voxels(lesion_map, lesion_volume.grid.voxel_volume_ml)
     if not tumour.any():

@@ -62,7 +62,7 @@ def synthesize_case(
     (:func:`estimate_phase`); ``kinds`` None draws a metastatic or benign liver as the phantoms do.
     The label map is 1 in the liver mask and 2 in the lesions; the CT keeps its dtype.
     """
-    ct.grid.require_same(liver.grid, "the CT and its liver mask")
+    ct.grid.require_same(liver.grid, "the CT", "its liver mask")
     check_ct_values(ct, "the CT")
     mask = _liver_mask(liver, liver_label, "given")
     rng = np.random.default_rng(seed)
