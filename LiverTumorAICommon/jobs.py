@@ -74,8 +74,12 @@ def progress_events(progress: Progress | None) -> Callable[[dict], None]:
         if "progress" in event:
             progress(float(event["progress"]), str(event.get("message", "")))
         elif event.get("event") == "iteration":
-            fraction = event["iteration"] / max(1, event["iterations"])
-            progress(fraction, f"stage {event['stage'] + 1} ({event['kind']}), epoch {event['epoch'] + 1}")
+            fraction = event["done_iterations"] / max(1, event["total_iterations"])
+            minutes = max(1, round(event["eta_s"] / 60))
+            progress(
+                fraction,
+                f"stage {event['stage'] + 1} ({event['kind']}), epoch {event['epoch'] + 1}, ~{minutes} min left",
+            )
         elif event.get("event") == "epoch":
             dice = event.get("dg")
             progress(

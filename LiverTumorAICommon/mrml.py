@@ -22,6 +22,8 @@ from livertumor.volume import Grid, Volume
 RAS_FROM_LPS = np.diag([-1.0, -1.0, 1.0])
 #: Node reference from a lesion table to the CT it measures.
 VOLUME_REFERENCE_ROLE = "LiverTumorAI.volume"
+
+
 def _slicer():
     import slicer  # the Slicer application's module, or slicer-core's outside it
 

@@ -40,7 +40,12 @@ def test_train_command_writes_model_log_and_plots(tiny_data, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert {e["event"] for e in events} >= {"preparing", "iteration", "epoch", "saved"}
+    assert {e["event"] for e in events} >= {"preparing", "plan", "iteration", "epoch", "saved"}
+    plan = next(e for e in events if e["event"] == "plan")
+    assert [(s["kind"], s["epochs"]) for s in plan["stages"]] == [("whole", 1), ("patch", 1)]
+    steps = [e for e in events if e["event"] == "iteration"]
+    assert [e["done_iterations"] for e in steps] == list(range(1, plan["total_iterations"] + 1))
+    assert steps[-1]["eta_s"] == 0 and all(e["eta_s"] >= 0 for e in steps)
     card = read_card(tmp_path / "model")
     assert card.schema == "whole-to-patch" and [s["kind"] for s in card.stages] == ["whole", "patch"]
     work = tmp_path / "model.work"
@@ -48,6 +53,21 @@ def test_train_command_writes_model_log_and_plots(tiny_data, tmp_path):
     assert (work / "loss.png").exists() and (work / "dice.png").exists()
     again = run("train", "--data", tiny_data, "--config", tmp_path / "settings.json", "--out", tmp_path / "model")
     assert again.returncode == 2 and "never overwritten" in again.stderr
+    shown = run(
+        "train",
+        "--data",
+        tiny_data,
+        "--config",
+        tmp_path / "settings.json",
+        "--stage-epochs",
+        1,
+        1,
+        1,
+        "--out",
+        tmp_path / "model2",
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "tumour plan: stage 1 whole: 1 epochs x 2 iterations" in shown.stderr and "left" in shown.stderr
 
 
 def test_train_refuses_data_without_tumour(tiny_data, tmp_path):

@@ -265,27 +265,46 @@ class Reporter:
 
 
 def _training_event_printer(reporter: Reporter):
+    last_eta: dict[str, float] = {}
+
     def on_event(event: dict) -> None:
         if reporter.mode == "json":
             reporter.json(**event)
             return
-        if event["event"] == "iteration":
+        if event["event"] == "plan":
+            stages = "; ".join(
+                f"stage {s['stage']} {s['kind']}: {s['epochs']} epochs x {s['iterations']} iterations, "
+                f"learning rate {s['learning_rate']:g}"
+                for s in event["stages"]
+            )
+            resumed = f", resuming after {event['starting_at']}" if event["starting_at"] else ""
+            print(f"{event['task']} plan: {stages} ({event['total_iterations']} iterations{resumed})", file=sys.stderr)
+        elif event["event"] == "iteration":
+            last_eta["s"] = event["eta_s"]
             reporter.fraction(
-                event["iteration"] / event["iterations"],
+                event["done_iterations"] / event["total_iterations"],
                 f"{event['task']} stage {event['stage'] + 1} ({event['kind']}) epoch {event['epoch'] + 1}: "
-                f"loss {event['loss']:.3f}",
+                f"loss {event['loss']:.3f}, {_duration(event['eta_s'])} left",
             )
         elif event["event"] == "epoch":
             dice = "-" if event.get("dg") is None else f"{event['dg']:.3f}"
             print(
                 f"\n{event['task']} epoch {event['done']}/{event['total']} (stage {event['stage']}, {event['kind']}): "
-                f"loss {event['loss']:.4f}, validation DG {dice}",
+                f"loss {event['loss']:.4f}, validation DG {dice}"
+                + (f", {_duration(last_eta['s'])} left" if "s" in last_eta else ""),
                 file=sys.stderr,
             )
         elif event["event"] in ("resumed", "saved", "preparing"):
             print(json.dumps(event, default=str), file=sys.stderr)
 
     return on_event
+
+
+def _duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _train_config(args: argparse.Namespace):

@@ -288,6 +288,19 @@ class Trainer:
         self.before = progress.get("before", {})
         network = self._network()
         total_epochs = sum(epochs for _, epochs, _ in plan)
+        per_epoch = self.config.iterations_per_epoch
+        total_steps = total_epochs * per_epoch
+        first_step = (sum(e for _, e, _ in plan[: progress["stage"]]) + progress["epoch"]) * per_epoch
+        self._emit(
+            event="plan",
+            stages=[
+                {"stage": i + 1, "kind": k, "epochs": e, "iterations": per_epoch, "learning_rate": lr}
+                for i, (k, e, lr) in enumerate(plan)
+            ],
+            total_iterations=total_steps,
+            starting_at=first_step,
+        )
+        run_started, steps_this_run = time.perf_counter(), 0
         for stage, (kind, epochs, learning_rate) in enumerate(plan):
             if stage < progress["stage"]:
                 continue
@@ -306,6 +319,10 @@ class Trainer:
                     loss.backward()
                     self.optimizer.step()
                     losses.append(float(loss.detach()))
+                    steps_this_run += 1
+                    done = first_step + steps_this_run
+                    # validation time is in the elapsed time too, so the estimate includes it
+                    seconds_per_step = (time.perf_counter() - run_started) / steps_this_run
                     self._emit(
                         event="iteration",
                         stage=stage,
@@ -314,6 +331,9 @@ class Trainer:
                         iteration=iteration + 1,
                         iterations=len(loader),
                         loss=losses[-1],
+                        done_iterations=done,
+                        total_iterations=total_steps,
+                        eta_s=round(seconds_per_step * max(0, total_steps - done)),
                     )
                 validation = self.validate() if self.distributed.main else {}
                 row = {
