@@ -218,6 +218,19 @@ def test_classify_a_lesion_free_segmentation_gives_an_empty_report(tiny_data, tm
         "classify", tiny_data / "volume-0.nii", "--lesions", tiny_data / "volume-0.nii", "-o", tmp_path / "x.json"
     )
     _one_line_refusal(ct_as_lesions, "an image (a CT?)")
+    # lesions below --min-lesion-mm are not reported
+    too_small = run(
+        "classify",
+        tiny_data / "volume-0.nii",
+        "--lesions",
+        tiny_data / "segmentation-0.nii",
+        "-o",
+        tmp_path / "s.json",
+        "--min-lesion-mm",
+        100,
+    )
+    assert too_small.returncode == 0, too_small.stderr
+    assert "no lesions: the lesion map holds no tumour of 100 mm or more" in too_small.stdout
 
 
 @pytest.mark.parametrize(

@@ -605,25 +605,31 @@ def cmd_train_lesions(args: argparse.Namespace) -> int:
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from .lesions.classify import classify_lesions, write_report
-
-    check_outputs([(args.output, "report")], [args.ct, args.lesions, args.liver], args.overwrite)
-    reporter = Reporter(args.progress, "classify")
-    try:
-        results = classify_lesions(args.ct, args.lesions, args.model, args.liver, args.device, reporter.fraction)
-    finally:
-        reporter.close()
     from .lesions.model import DEFAULT_LESION_MODEL
     from .models import read_card, resolve_model
 
+    check_outputs([(args.output, "report")], [args.ct, args.lesions, args.liver], args.overwrite)
     card = read_card(resolve_model(args.model, DEFAULT_LESION_MODEL))
+    reporter = Reporter(args.progress, "classify")
+    try:
+        results = classify_lesions(
+            args.ct, args.lesions, args.model, args.liver, args.device, reporter.fraction, args.min_lesion_mm
+        )
+    finally:
+        reporter.close()
     write_report(results, args.output, f"{card.name}:{card.version}", str(args.ct))
     if not results:
-        print("no lesions: the lesion map holds no tumour")
+        print(
+            "no lesions: the lesion map holds no tumour"
+            + (f" of {args.min_lesion_mm:g} mm or more" if args.min_lesion_mm else "")
+        )
     for result in results:
         m = result.measurement
+        top = max(result.probabilities, key=result.probabilities.get)
+        why = "" if top == result.lesion_class else f" (majority of its voxels' votes; highest mean probability: {top})"
         print(
             f"lesion {result.id}: {result.lesion_class:<10} p={result.probabilities[result.lesion_class]:.2f} "
-            f"{m.volume_ml:7.2f} mL, {m.longest_axial_diameter_mm:5.1f} mm"
+            f"{m.volume_ml:7.2f} mL, longest axial diameter {m.longest_axial_diameter_mm:5.1f} mm{why}"
         )
     print(f"report written to {args.output}")
     return 0
@@ -904,6 +910,12 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     classify.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
     classify.add_argument("--overwrite", action="store_true", help="replace the report if it exists")
+    classify.add_argument(
+        "--min-lesion-mm",
+        type=_number(float, 0.0, 100.0),
+        default=3.0,
+        help="skip lesions below this equivalent diameter (default 3 mm: one-voxel specks are not lesions)",
+    )
     _add_progress_option(classify)
     classify.set_defaults(run=cmd_classify)
 

@@ -117,10 +117,12 @@ def classify_lesions(
     liver: Volume | str | os.PathLike | None = None,
     device: str = "auto",
     progress: Progress | None = None,
+    min_lesion_mm: float = 0.0,
 ) -> list[LesionClassification]:
     """Classify every lesion of ``lesions`` (a mask, or a 0/1/2 label map whose 2 is tumour) on the CT
     ``image``'s grid as cyst, hemangioma or metastasis. ``model``: a lesion model (registry name or
-    folder; None for the shipped demo classifier)."""
+    folder; None for the shipped demo classifier). Lesions below ``min_lesion_mm`` equivalent-sphere
+    diameter are left out."""
     report = progress or (lambda fraction, message: None)
     ct = read_ct(image) if not isinstance(image, Volume) else image
     check_ct_values(ct)
@@ -128,6 +130,12 @@ def classify_lesions(
     ct.grid.require_same(lesion_volume.grid, "the CT", "the lesion mask")
     lesion_map = np.asarray(lesion_volume.array)
     tumour = lesion_voxels(lesion_map, lesion_volume.grid.voxel_volume_ml)
+    if min_lesion_mm > 0:
+        from ..inference import drop_small_lesions
+
+        kept = lesion_volume.with_array(np.where(tumour, 2, 0).astype(np.uint8))
+        drop_small_lesions(kept, min_lesion_mm)
+        tumour = kept.array == 2
     if not tumour.any():
         report(1.0, "no lesion")
         return []
