@@ -685,3 +685,20 @@ def test_seg_nrrd_written_by_the_library_opens_in_slicer_with_named_segments(sce
     tag = vtk.reference("")
     segment = segments.GetSegment(tumour)
     assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag) and "108369006" in tag.get()
+
+
+def test_classify_in_slicer_keeps_every_component_of_the_users_segments(scene, tiny_case, lesion_model):
+    """The command line skips lesions under 3 mm by default; in Slicer the user's segments are the lesions,
+    so a one-voxel component is classified too (it once made the Logic fail with a KeyError)."""
+    ct, label = tiny_case
+    fine = Grid(ct.grid.shape, (1.0, 1.0, 1.0), ct.grid.origin, ct.grid.direction)  # one voxel: 1.2 mm across
+    labels = label.array.copy()
+    liver = np.argwhere((labels == 1) & (np.cumsum(labels == 2) == 0).reshape(labels.shape))
+    labels[tuple(liver[len(liver) // 2])] = 2
+    volume = mrml.add_volume_node(scene, Volume(ct.array, fine), "fine")
+    segmentation = mrml.add_segmentation_node(scene, volume, [("liver", labels == 1), ("tumor", labels == 2)], "s")
+    table = LiverLesionClassifyLogic(scene, python=sys.executable).classify(
+        volume, segmentation, model=str(lesion_model), device="cpu"
+    )
+    _, measured = measure_lesions(Volume(labels, fine), label=2)
+    assert len(mrml.table_rows(table)) == len(measured) and min(m.voxels for m in measured) == 1

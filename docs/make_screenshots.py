@@ -74,12 +74,22 @@ def table_picture(table, path: Path) -> None:
     plt = pyplot()
     rows = mrml.table_rows(table)
     columns = [c for c in rows[0] if c != "segment"]
-    cells = [[f"{row[c]:.2f}" if isinstance(row[c], float) else str(row[c]) for c in columns] for row in rows]
-    figure, axis = plt.subplots(figsize=(1.1 * len(columns), 0.35 * (len(rows) + 1) + 0.3))
+
+    def cell(column: str, value) -> str:
+        if column == "id":
+            return str(int(value))  # the table stores numbers as doubles
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    cells = [[cell(c, row[c]) for c in columns] for row in rows]
+    headers = [c.replace(" (", "\n(").replace("longest axial", "longest\naxial") for c in columns]
+    figure, axis = plt.subplots(figsize=(1.1 * len(columns), 0.35 * (len(rows) + 2) + 0.3))
     axis.axis("off")
-    grid = axis.table(cellText=cells, colLabels=columns, loc="center")
+    grid = axis.table(cellText=cells, colLabels=headers, loc="center")
     grid.auto_set_font_size(False)
     grid.set_fontsize(7)
+    for (row, _), table_cell in grid.get_celld().items():
+        if row == 0:
+            table_cell.set_height(table_cell.get_height() * 2.2)  # two-line headers
     save_figure(figure, path)
 
 

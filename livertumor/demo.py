@@ -72,7 +72,8 @@ def run_demo(
     kinds = ", ".join(f"{lesion.kind} {lesion.diameter_mm:.0f} mm" for lesion in phantom.lesions) or "none"
     say("classifying the true lesions")
     classes = _classify_true_lesions(phantom, out, lesion_model, device)
-    expected = ", ".join(f"{key.upper()} {value:.2f}" for key, value in card.validation.items() if key in EXPECTED)
+    quoted = {key: value for key, value in card.validation.items() if key in EXPECTED and value is not None}
+    expected = ", ".join(f"{EXPECTED[key]} {value:.2f}" for key, value in quoted.items())
     return (
         f"phantom CT {phantom.ct.shape[::-1]} voxels (x, y, z), lesions (diameter as drawn): {kinds}\n"
         f"model: {card.name}:{card.version}"
@@ -83,8 +84,8 @@ def run_demo(
     )
 
 
-#: Validation figures of the card quoted as what to expect.
-EXPECTED = ("dg", "dc", "small_recall", "recall")
+#: Validation figures of the card quoted as what to expect, with their names.
+EXPECTED = {"dg": "tumour DG", "dc": "mean DC", "recall": "lesion recall", "small_recall": "recall < 10 mm"}
 
 
 def _classify_true_lesions(phantom, out: Path, model: str | None, device: str) -> str:

@@ -94,7 +94,9 @@ class LiverLesionClassifyLogic(SceneLogic):
             "-o",
             workdir / "report.json",
         ]
-        arguments += ["--device", device, "--progress", "json"] + (["--model", model] if model else [])
+        # every component of the user's segments is a lesion to them: no size floor here
+        arguments += ["--min-lesion-mm", "0", "--device", device, "--progress", "json"]
+        arguments += ["--model", model] if model else []
         process = LibraryProcess(arguments, progress_events(progress), self.python).start()
 
         def finish(_: LibraryProcess) -> Any:
