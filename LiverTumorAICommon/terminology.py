@@ -3,7 +3,7 @@ and shows their names (without it Slicer 5.6 says "Invalid terminology informati
 
 from __future__ import annotations
 
-from .mrml import TERMINOLOGY_FILE
+from livertumor.terminology import TERMINOLOGY_FILE
 
 
 def register_terminology(terminologies_logic) -> str:

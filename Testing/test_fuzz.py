@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import resource
 import shutil
 from pathlib import Path
@@ -25,8 +26,10 @@ from livertumor.models import read_card
 from livertumor.volume import Grid, Volume
 
 #: No shrinking: a failing example is reported as found (shrinking re-runs whole commands many times).
+#: Derandomised: CI sees the same examples on every run (set HYPOTHESIS_SEEDLESS=1 to explore anew).
 FUZZ = settings(
     max_examples=25,
+    derandomize=not os.environ.get("HYPOTHESIS_SEEDLESS"),
     deadline=None,
     suppress_health_check=list(HealthCheck),
     database=None,

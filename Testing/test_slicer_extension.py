@@ -45,10 +45,11 @@ def test_build_tree_holds_the_library_models_and_shared_package(tmp_path):
     modules = build / "lib" / "Slicer-5.6" / "qt-scripted-modules"
     code = (
         "import sys; sys.path[:0] = [sys.argv[1]]; "
-        "import livertumor, LiverTumorAICommon.mrml as mrml, LiverTumorCurriculumLib, LiverLesionClassifyLib; "
+        "import livertumor, LiverTumorAICommon.mrml, LiverTumorCurriculumLib, LiverLesionClassifyLib; "
+        "from livertumor.terminology import TERMINOLOGY_FILE; "
         "from livertumor.models import shipped_models_dir; "
         "assert livertumor.__file__.startswith(sys.argv[1]), livertumor.__file__; "
-        "assert mrml.TERMINOLOGY_FILE.is_file(), mrml.TERMINOLOGY_FILE; "
+        "assert TERMINOLOGY_FILE.is_file(), TERMINOLOGY_FILE; "
         "assert (shipped_models_dir() / 'manifest.json').is_file(), shipped_models_dir()"
     )
     result = subprocess.run([sys.executable, "-c", code, str(modules)], capture_output=True, text=True, cwd=tmp_path)

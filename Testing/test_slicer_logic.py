@@ -29,6 +29,7 @@ from livertumor.errors import DimensionError, GridMismatchError, LiverTumorError
 from livertumor.io import read_ct, read_image, read_label  # noqa: E402
 from livertumor.lesions.measure import measure_lesions  # noqa: E402
 from livertumor.phantom import LESION_CLASSES  # noqa: E402
+from livertumor.terminology import TERMINOLOGY_FILE  # noqa: E402
 from livertumor.volume import Grid, Volume  # noqa: E402
 from LiverTumorAICommon import mrml  # noqa: E402
 from LiverTumorAICommon.process import Cancelled, ProcessFailed  # noqa: E402
@@ -105,7 +106,7 @@ def test_non_scalar_and_2d_volumes_are_refused(scene):
 
 def test_terminology_file_loads_in_slicer_and_names_segments():
     logic = slicer.vtkSlicerTerminologiesModuleLogic()
-    context = logic.LoadTerminologyFromFile(str(mrml.TERMINOLOGY_FILE))
+    context = logic.LoadTerminologyFromFile(str(TERMINOLOGY_FILE))
     assert context == "LiverTumorAI liver and liver lesions"
     terms = mrml.load_terms()
     assert set(terms) == {"liver", "tumor", *LESION_CLASSES}

@@ -329,3 +329,28 @@ def test_work_folder_of_another_run_is_refused_and_restart_discards_it(tiny_data
     )
     assert read_card(tmp_path / "second").training_data["settings"]["seed"] == 7
     assert len(restarted.history) == 3
+
+
+def test_a_tiny_network_fits_a_tiny_phantom(tiny_data, tmp_path):
+    """The recipe's smoke test: the paper's loss and Adam must fit one small phantom (liver and an
+    83-voxel tumour at 5 mm) within 400 steps, ~20 s. A broken loss, sampler, schedule or network shows
+    here as a Dice that stays at 0 (measured: 0.64 at the best epoch, 0.0 while the first 160 steps
+    find the liver)."""
+    from livertumor.datasets import find_cases
+    from livertumor.io import read_label
+
+    cases = find_cases(tiny_data)
+    largest = max(cases, key=lambda c: int((read_label(c.label).array == 2).sum()))
+    settings = json.loads(json.dumps(TINY_SETTINGS))
+    settings.update(
+        schema="naive",
+        stage_epochs=[10],
+        iterations_per_epoch=40,
+        learning_rate=3e-3,
+        tumour_fraction=0.5,
+        region_fraction=1.0,
+        augmentation={"enabled": False},
+    )
+    settings["architecture"]["classes"] = 3
+    result = train_model([largest], [largest], TrainConfig.from_json(settings), tmp_path / "fit", name="fit")
+    assert result.validation["dg"] >= 0.4, result.validation

@@ -12,6 +12,7 @@ that exists is refused, and fine-tuning makes a new version beside its parent.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -108,7 +109,7 @@ class ModelCard:
             values["architecture"] = ResUNetConfig.from_dict(values["architecture"])
             values["preprocess"] = PreprocessConfig.from_dict(values["preprocess"])
             return cls(**values)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # fields of the wrong type
             raise ModelFileError(f"{source} is incomplete or invalid: {error}") from error
 
     @property
@@ -206,7 +207,30 @@ def read_card(directory: str | os.PathLike) -> ModelCard | LesionModelCard:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+#: Field annotations of the card dataclasses -> the JSON types a card may hold there.
+_FIELD_TYPES = {
+    "str": (str,),
+    "bool": (bool,),
+    "float": (int, float),
+    "int": (int,),
+    "str | None": (str, type(None)),
+}
+
+
 def _check_card_names(card, path: Path) -> None:
+    """Types of every plain field (a card is data from anywhere) and plain names where names become
+    folder and file names."""
+    for card_field in dataclasses.fields(card):
+        value = getattr(card, card_field.name)
+        annotation = str(card_field.type)
+        expected = _FIELD_TYPES.get(annotation) or (
+            (dict,) if annotation.startswith("dict") else (list,) if annotation.startswith("list") else None
+        )
+        wrong_bool = isinstance(value, bool) and bool not in (expected or ())
+        if expected and (not isinstance(value, expected) or wrong_bool):
+            raise ModelFileError(
+                f"{path}: {card_field.name} = {value!r} is not of the type a card holds there ({annotation})"
+            )
     for what, value in (("name", card.name), ("version", card.version)):
         if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value) or ".." in value:
             raise ModelFileError(f"{path}: model {what} {value!r} must be a plain name (letters, digits, . _ -)")

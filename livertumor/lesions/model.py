@@ -121,7 +121,7 @@ class LesionModelCard:
             values["encoder"] = SEResNetConfig.from_dict(values["encoder"])
             values["slices"] = SliceConfig(**values["slices"])
             card = cls(**values)
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, AttributeError) as error:  # fields of the wrong type
             raise ModelFileError(f"{source} is incomplete or invalid: {error}") from error
         if card.framework not in FRAMEWORKS:
             raise ModelFileError(f"{source} names an unknown framework {card.framework!r}")
