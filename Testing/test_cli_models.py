@@ -96,6 +96,12 @@ def test_finetune_makes_a_new_version_and_leaves_the_parent_alone(tiny_model, ti
     assert [s["kind"] for s in card.stages] == ["whole", "patch", "whole"]
     # the parent scored on the same validation cases before fine-tuning, beside the result after
     assert set(card.validation_before) >= {"dc", "dg"} and "dg" in card.validation
+    # by default a short curriculum at a low rate, not the parent's whole training budget
+    quick = run("finetune", "--model", tiny_model, "--data", tiny_data, "--iterations", 1, "--out", tmp_path / "q")
+    assert quick.returncode == 0, quick.stderr
+    stages = read_card(tmp_path / "q").stages
+    assert [s["epochs"] for s in stages] == [4, 1, 3]
+    assert [s["learning_rate"] for s in stages] == pytest.approx([1e-4, 5e-5, 2.5e-5])
 
 
 def test_finetune_lists_every_problem_of_the_cases(tiny_model, tiny_data, tmp_path):
