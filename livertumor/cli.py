@@ -431,9 +431,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 def progress(fraction: float, message: str, number: int = number, name: str = path.name) -> None:
                     reporter.fraction((number + fraction) / len(plans), f"{name}: {message}")
 
-                ct = read_ct(path, args.series)
+                # read here only when the CT itself is needed (statistics, preview, a chosen series);
+                # otherwise segment() reads and checks it once
+                needs_ct = args.series is not None or args.statistics or args.preview
+                ct = read_ct(path, args.series) if needs_ct else None
                 result = segment(
-                    ct,
+                    ct if ct is not None else path,
                     args.model,
                     args.device,
                     args.batch_size,

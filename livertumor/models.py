@@ -198,7 +198,7 @@ def read_card(directory: str | os.PathLike) -> ModelCard | LesionModelCard:
         card = LesionModelCard.from_json(data, str(path))
     else:
         card = ModelCard.from_json(data, str(path))
-    _check_card_names(card, path)
+    _check_card_fields(card, path)
     return card
 
 
@@ -217,7 +217,7 @@ _FIELD_TYPES = {
 }
 
 
-def _check_card_names(card, path: Path) -> None:
+def _check_card_fields(card, path: Path) -> None:
     """Types of every plain field (a card is data from anywhere) and plain names where names become
     folder and file names."""
     for card_field in dataclasses.fields(card):
