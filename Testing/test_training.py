@@ -354,3 +354,26 @@ def test_a_tiny_network_fits_a_tiny_phantom(tiny_data, tmp_path):
     settings["architecture"]["classes"] = 3
     result = train_model([largest], [largest], TrainConfig.from_json(settings), tmp_path / "fit", name="fit")
     assert result.validation["dg"] >= 0.4, result.validation
+
+
+def test_a_killed_save_leaves_no_half_checkpoint_and_plots_come_before_the_model(tiny_data, tmp_path, monkeypatch):
+    """A run killed while writing a checkpoint leaves atomic_path's temporary behind: the next run of the
+    same work folder removes it. The loss/Dice plots are written before the model folder appears."""
+    from livertumor import training
+    from livertumor.datasets import find_cases
+
+    cases = find_cases(tiny_data)
+    train, validation = training.split_cases(cases, 0.4, 0)
+    work = tmp_path / "model.work"
+    work.mkdir()
+    stale = work / ".tumour-last.safetensors.abc123.safetensors"
+    stale.write_bytes(b"")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_model", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(train, validation, TrainConfig.from_json(TINY_SETTINGS), tmp_path / "model", work_dir=work)
+    assert not stale.exists()
+    assert (work / "loss.png").is_file() and not (tmp_path / "model").exists()

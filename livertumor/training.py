@@ -480,6 +480,8 @@ def claim_work_dir(work: Path, fingerprint: dict, restart: bool) -> None:
     run (other data, settings, seed or parent) is refused, or emptied with ``restart``."""
     fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back from run.json
     record = work / "run.json"
+    for stale in work.glob(".*.safetensors") if work.is_dir() else []:
+        stale.unlink()  # a checkpoint half-written when a run was killed (atomic_path's temporary)
     checkpoints = list(work.glob("*.safetensors")) if work.is_dir() else []
     if checkpoints and not restart:
         previous = json.loads(record.read_text()) if record.is_file() else None
@@ -595,9 +597,10 @@ def train_model(
         validation_before=before.get("tumour", {}),
         parent=parent,
     )
-    save_model(out, networks, card)
+    # plots first: a run killed right after the model appears leaves nothing to redo
     for role, history in histories.items():
         plot_history(history, work, f"{name} {version}: {role} network ({config.schema})")
+    save_model(out, networks, card)
     emit({"event": "saved", "model": str(out), "validation": card.validation})
     return TrainResult(out, histories.get("tumour", []), card.validation, card.validation_before)
 
