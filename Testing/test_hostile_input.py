@@ -310,3 +310,35 @@ def test_dicom_series_with_missing_or_broken_slices_is_refused(real_data, tmp_pa
         read_image(broken)
     result = subprocess.run([sys.executable, "-m", "livertumor", "info", str(series)], capture_output=True, text=True)
     _one_line_refusal(result, "not evenly spaced")
+
+
+def test_a_pickled_init_file_is_refused_in_one_line_and_runs_nothing(tiny_data, tmp_path):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": Payload()}, tmp_path / "evil.pt")
+    assert pickle.dumps(Payload())  # the file really holds a reduce payload
+    result = run(
+        "train-lesions",
+        "--data",
+        tiny_data,
+        "--out",
+        tmp_path / "m",
+        "--init",
+        f"imagenet:{tmp_path / 'evil.pt'}",
+        "--epochs",
+        1,
+        "--folds",
+        0,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "holds pickled objects" in errors[0]  # (progress events go to stderr too)
+    assert not marker.exists() and not (tmp_path / "m").exists()

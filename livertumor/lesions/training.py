@@ -10,6 +10,7 @@ initialisation differs; augmentation by flips, shifts of up to 1/16 of the crop 
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -76,6 +77,11 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise LiverTumorError(
+            f"{path} is refused: it holds pickled objects, not only tensors (code could run on loading); "
+            "give a safetensors file or a tensor-only state dict"
+        ) from None
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise LiverTumorError(f"{path} cannot be read as a state dict: {error}") from error
     if isinstance(state, dict) and "state_dict" in state:
