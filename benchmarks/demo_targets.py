@@ -16,18 +16,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from recipe_evaluate import REAL, dice  # the benchmarks folder is the script's path
 
 from livertumor.inference import segment
 from livertumor.io import read_ct, read_image
 from livertumor.metrics import dice_global, evaluate_pair
 from livertumor.phantom import make_phantom
 
-REAL = Path(__file__).resolve().parents[2] / "shared/data/real/totalsegmentator"
 LESION_FREE_EVERY = 5
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    return 2 * float((prediction & truth).sum()) / max(1, int(prediction.sum() + truth.sum()))
 
 
 def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in_liver: bool | None) -> dict:

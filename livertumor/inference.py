@@ -226,12 +226,12 @@ def drop_small_lesions(labels: Volume, min_diameter_mm: float) -> int:
     ``min_diameter_mm``: as liver where the model segments the liver (a liver tumour lies in it), else
     background. Returns how many went."""
     from .lesions.measure import lesion_components
+    from .metrics import equivalent_diameter_mm
 
     ids, count = lesion_components(labels.array == TUMOUR)
     if not count:
         return 0
-    volumes_mm3 = np.bincount(ids.ravel())[1:] * labels.grid.voxel_volume_ml * 1000.0
-    diameters = np.cbrt(6.0 * volumes_mm3 / np.pi)
+    diameters = equivalent_diameter_mm(np.bincount(ids.ravel())[1:], labels.grid.spacing)
     small = np.flatnonzero(diameters < min_diameter_mm) + 1
     if small.size:
         mask = np.isin(ids, small)

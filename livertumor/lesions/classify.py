@@ -24,7 +24,7 @@ from ..io import check_ct_values, read_ct, read_image
 from ..phantom import LESION_CLASSES
 from ..volume import Volume
 from .data import LIVER, TUMOUR, case_slices
-from .measure import LesionMeasurement, measure_lesions
+from .measure import LesionMeasurement, lesion_components, measure_lesions
 from .model import load_lesion_model
 from .training import predict_slices
 
@@ -82,9 +82,7 @@ def lesion_voxels(lesion_map: np.ndarray, voxel_ml: float) -> np.ndarray:
         return lesion_map == TUMOUR
     mask = lesion_map != 0
     if set(values.tolist()) <= {0, LIVER} and mask.sum() * voxel_ml > LIVER_ONLY_ML:
-        from scipy import ndimage
-
-        labels, count = ndimage.label(mask)
+        labels, count = lesion_components(mask)
         if count and np.bincount(labels.ravel())[1:].max() * voxel_ml > LIVER_ONLY_ML:
             return np.zeros_like(mask)
     return mask
