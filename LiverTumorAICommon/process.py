@@ -179,8 +179,15 @@ class LibraryProcess:
         """End the whole process tree: terminate, then kill what is left after ``grace_seconds``."""
         self.cancelled = True
         process = self._process
-        if process is None or process.poll() is not None:
-            return
+        if process is not None and process.poll() is None:
+            self._end_tree(process, grace_seconds)
+        if self._reader is not None:
+            # The pipe closes with the tree: the reader queues the last lines and its end marker, so the
+            # next poll() reports the run as ended (on a loaded machine the thread may otherwise lag).
+            self._reader.join(grace_seconds)
+
+    @staticmethod
+    def _end_tree(process: subprocess.Popen, grace_seconds: float) -> None:
         if os.name == "nt":
             subprocess.run(["taskkill", "/T", "/F", "/PID", str(process.pid)], capture_output=True)
             return

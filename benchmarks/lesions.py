@@ -27,11 +27,13 @@ import torch
 from safetensors.torch import save_file
 
 from livertumor.lesions.data import load_lesion_dataset
-from livertumor.lesions.model import FRAMEWORKS, SliceConfig
+from livertumor.lesions.model import CROPS, FRAMEWORKS, SliceConfig
 from livertumor.lesions.networks import SEResNetClassifier, SEResNetConfig
 from livertumor.lesions.training import LesionTrainConfig, cross_validate, train_lesion_model
 from livertumor.phantom import LESION_CLASSES, write_phantom_dataset
 
+#: Initialisations: command-line name -> table title.
+INITS = {"scratch": "scratch", "ImageNet": "ImageNet (stand-in: rotation pretext)", "LiTS": "LiTS"}
 ENCODER = SEResNetConfig(widths=(16, 32, 64, 128), stem_width=16, blocks=(1, 1, 1, 1))
 
 
@@ -76,10 +78,17 @@ def main() -> None:
         help="draw each liver's lesions as the phantoms do (metastatic or benign livers); default: one kind per "
         "patient in turn, balanced classes as in the paper's data",
     )
+    parser.add_argument("--inits", nargs="+", default=list(INITS), choices=list(INITS))
+    parser.add_argument("--crop", default="liver", choices=list(CROPS), help="liver crop (the paper's) or lesion crop")
+    parser.add_argument("--field-mm", type=float, default=96.0, help="side of a lesion crop")
+    parser.add_argument(
+        "--pixel-mm", type=float, default=1.6, help="the phantoms' in-plane spacing (their field stays 205 mm)"
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     kinds = None if args.mixed_kinds else LESION_CLASSES
-    shape, spacing = (48, 128, 128), (3.0, 1.6, 1.6)
+    side = round(204.8 / args.pixel_mm)
+    shape, spacing = (48, side, side), (3.0, args.pixel_mm, args.pixel_mm)
     data, pretrain = args.out / "data", args.out / "pretrain"
     if not data.exists():
         write_phantom_dataset(
@@ -91,26 +100,27 @@ def main() -> None:
         for path in pretrain.glob("classes-*"):
             path.unlink()  # LiTS has tumour labels only
         (pretrain / "manifest.json").unlink()
-    slices_config = SliceConfig(size=args.size)
+    slices_config = SliceConfig(size=args.size, crop=args.crop, field_mm=args.field_mm)
     base = LesionTrainConfig(encoder=ENCODER, slices=slices_config, epochs=args.epochs)
     started = time.perf_counter()
     lits_model = args.out / "lits-seg"
-    if not lits_model.exists():
+    if "LiTS" in args.inits and not lits_model.exists():
         train_lesion_model(pretrain, replace(base, framework="seg"), lits_model, folds=0)
     imagenet = args.out / "rotation-pretext-seresnet.safetensors"
-    if not imagenet.exists():
+    if "ImageNet" in args.inits and not imagenet.exists():
         unlabelled = load_lesion_dataset(pretrain, slices_config, need_classes=False).images
         save_file(rotation_pretext(unlabelled, args.epochs, seed=0), str(imagenet))
     pretrain_seconds = time.perf_counter() - started
     slices = load_lesion_dataset(data, slices_config)
     inits = {
         "scratch": "scratch",
-        "ImageNet (stand-in: rotation pretext)": f"imagenet:{imagenet}",
+        "ImageNet": f"imagenet:{imagenet}",
         "LiTS": f"lits:{lits_model}",
     }
     rows = []
     for framework in args.frameworks:
-        for label, init in inits.items():
+        for label in args.inits:
+            init = inits[label]
             config = replace(base, framework=framework)
             start = time.perf_counter()
             result = cross_validate(slices, config, init, folds=3)
@@ -119,7 +129,7 @@ def main() -> None:
             print(
                 framework,
                 label,
-                {k: result.get(k) for k in ("accuracy", "dice", "recall")},
+                {k: result.get(k) for k in ("accuracy", "slice_accuracy", "dice", "recall", "confusion")},
                 f"{seconds:.0f} s",
                 flush=True,
             )
@@ -131,14 +141,19 @@ def main() -> None:
         return f"{result[key]:.2f} ± {result[key + '_std']:.2f}" if key in result else "-"
 
     lines = [
-        "| framework | initialisation | Cls Acc | Seg Dice | Seg Recall | CV seconds |",
-        "|---|---|---|---|---|---|",
+        "| framework | initialisation | Cls Acc (lesions) | Cls Acc (slices) | Seg Dice | Seg Recall | CV seconds |",
+        "|---|---|---|---|---|---|---|",
     ]
     for framework, label, result, seconds in rows:
         lines.append(
-            f"| {FRAMEWORKS[framework].split(' (')[0]} | {label} | {cell(result, 'accuracy')} | {cell(result, 'dice')} "
-            f"| {cell(result, 'recall')} | {seconds:.0f} |"
+            f"| {FRAMEWORKS[framework].split(' (')[0]} | {INITS[label]} | {cell(result, 'accuracy')} "
+            f"| {cell(result, 'slice_accuracy')} | {cell(result, 'dice')} | {cell(result, 'recall')} | {seconds:.0f} |"
         )
+    classes = ", ".join(LESION_CLASSES)
+    lines += ["", f"Confusion matrices of lesions over the folds (rows truth, columns prediction: {classes}):", ""]
+    for framework, label, result, _ in rows:
+        if "confusion" in result:
+            lines.append(f"* {FRAMEWORKS[framework].split(' (')[0]}, {INITS[label]}: {result['confusion']}")
     counts = np.bincount(slices.labels, minlength=3)
     header = (
         f"{len(slices)} lesion slices ({counts[0]} cyst, {counts[1]} hemangioma, {counts[2]} metastasis) from "

@@ -402,16 +402,33 @@ def output_stem(path: Path) -> str:
     return volume_stem(path) if path.is_file() else path.name
 
 
+#: ``segment --format`` -> the file type of the volumes written beside the labels (probabilities): a
+#: segmentation file's or DICOM SEG's own image type cannot hold a probability map.
+SEGMENT_FORMATS = {
+    ".nii.gz": ".nii.gz",
+    ".nrrd": ".nrrd",
+    ".nii": ".nii",
+    ".mha": ".mha",
+    ".seg.nrrd": ".nrrd",
+    ".dcm": ".nii.gz",
+}
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import segment
     from .io import folder_lock, read_ct, write_segmentation, write_volume
 
     inputs = _segment_inputs(args.inputs)
     plans, outputs = [], []
+    dicom_sources = {}
     for path in inputs:
         stem = output_stem(path)
         label_path = args.output / (f"{stem}.seg.nrrd" if args.format == ".seg.nrrd" else f"{stem}_seg{args.format}")
-        volume_format = ".nrrd" if args.format == ".seg.nrrd" else args.format
+        volume_format = SEGMENT_FORMATS[args.format]
+        if args.format == ".dcm":  # the source's headers, checked before any minute of inference
+            from .dicomseg import read_dicom_source
+
+            dicom_sources[path] = read_dicom_source(path, args.series)
         extra = {
             "probability": args.output / f"{stem}_tumour_probability{volume_format}" if args.probabilities else None,
             "statistics": args.output / f"{stem}_lesions.csv" if args.statistics else None,
@@ -449,6 +466,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 )
                 if args.format == ".seg.nrrd":
                     write_segmentation(result.labels, label_path)
+                elif args.format == ".dcm":
+                    from .dicomseg import write_dicom_seg
+
+                    write_dicom_seg(result.labels, dicom_sources[path], label_path, result.model_name)
                 else:
                     write_volume(result.labels, label_path)
                 if extra["probability"] is not None:
@@ -849,9 +870,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument(
         "--format",
-        choices=(".nii.gz", ".nrrd", ".nii", ".mha", ".seg.nrrd"),
+        choices=tuple(SEGMENT_FORMATS),
         default=".nii.gz",
-        help="output file type (default .nii.gz; .seg.nrrd: a Slicer segmentation with named segments)",
+        help="output file type (default .nii.gz; .seg.nrrd: a Slicer segmentation with named segments; .dcm: a "
+        "DICOM SEG referencing the source series, for DICOM input, needs pip install 'livertumor[dicom]')",
     )
     segment.add_argument(
         "--min-lesion-mm",

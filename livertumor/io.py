@@ -102,7 +102,9 @@ def _quiet_itk() -> Iterator[None]:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
-def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
+def dicom_series_files(folder: Path, series_uid: str | None = None) -> list[str]:
+    """The files of the DICOM series ``series_uid`` in ``folder``, sorted by slice position as GDCM sorts
+    them (None: the folder's only series)."""
     with _quiet_itk():
         series = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))  # a UID may be empty
     if not series:
@@ -117,9 +119,12 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     elif series_uid not in series:
         raise ImageReadError(f"{folder} holds no DICOM series {series_uid!r} (it has {', '.join(series)})")
     with _quiet_itk():
-        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid)
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames(dicom_series_files(folder, series_uid))
     reader.MetaDataDictionaryArrayUpdateOn()  # the slices' positions, read in the same pass
     with _quiet_itk():  # ITK's own "non uniform sampling" warning; the check below says it in one line
         image = reader.Execute()

@@ -12,13 +12,25 @@ from pathlib import Path
 TERMINOLOGY_FILE = Path(__file__).resolve().parents[1] / "Resources" / "Terminology" / "LiverTumorAI.term.json"
 
 
+#: A DICOM code: (coding scheme designator, code value, code meaning).
+Code = tuple[str, str, str]
+
+
 @dataclass(frozen=True)
 class SegmentTerm:
-    """One entry of the terminology file: segment name, colour and the Slicer terminology string."""
+    """One entry of the terminology file: segment name, colour, the Slicer terminology string and the
+    DICOM codes it is made of (category, type, anatomic region or None)."""
 
     name: str
     color: tuple[float, float, float]
     terminology: str
+    category: Code
+    type: Code
+    region: Code | None
+
+
+def _code(entry: dict) -> Code:
+    return entry["CodingSchemeDesignator"], entry["CodeValue"], entry["CodeMeaning"]
 
 
 def load_terms(path: Path = TERMINOLOGY_FILE) -> dict[str, SegmentTerm]:
@@ -28,15 +40,16 @@ def load_terms(path: Path = TERMINOLOGY_FILE) -> dict[str, SegmentTerm]:
     context = data["SegmentationCategoryTypeContextName"]
     terms = {}
     for category in data["SegmentationCodes"]["Category"]:
-        category_code = f"{category['CodingSchemeDesignator']}^{category['CodeValue']}^{category['CodeMeaning']}"
+        category_code = _code(category)
         for entry in category["Type"]:
-            type_code = f"{entry['CodingSchemeDesignator']}^{entry['CodeValue']}^{entry['CodeMeaning']}"
-            region = entry.get("anatomicRegion", {})
-            region_code = (
-                f"{region['CodingSchemeDesignator']}^{region['CodeValue']}^{region['CodeMeaning']}" if region else "^^"
-            )
+            type_code = _code(entry)
+            region = _code(entry["anatomicRegion"]) if "anatomicRegion" in entry else None
             anatomic_context = "Anatomic codes - DICOM master list" if region else ""
-            string = f"{context}~{category_code}~{type_code}~^^~{anatomic_context}~{region_code}~^^"
+            region_text = "^".join(region or ("", "", ""))
+            parts = [context, "^".join(category_code), "^".join(type_code), "^^", anatomic_context, region_text, "^^"]
+            string = "~".join(parts)
             color = tuple(c / 255.0 for c in entry["recommendedDisplayRGBValue"])
-            terms[entry["LiverTumorAIKey"]] = SegmentTerm(entry["3dSlicerLabel"], color, string)
+            terms[entry["LiverTumorAIKey"]] = SegmentTerm(
+                entry["3dSlicerLabel"], color, string, category_code, type_code, region
+            )
     return terms

@@ -1,11 +1,12 @@
 """Per-lesion classification of a 3D CT: ``classify_lesions(image, lesions, model=...)``.
 
 Each lesion (26-connected component of the lesion mask) is classified from its largest-area axial slice
-and its neighbours, cropped to the liver like the training slices. Frameworks ``cls`` and ``ynet``
+and its neighbours, cropped like the training slices (to the liver or around the lesion, as the card's
+``slices.crop`` says). Frameworks ``cls`` and ``ynet``
 average their per-slice class probabilities; ``joint`` takes the majority vote of the lesion's pixels
 over all its slices (the second paper's rule) and reports the mean pixel probabilities.
 
-The liver box comes from, in this order: the ``liver`` argument, label 1 of a 0/1/2 ``lesions`` map,
+A liver crop's box comes from, in this order: the ``liver`` argument, label 1 of a 0/1/2 ``lesions`` map,
 or the segmentation model the lesion model's card names (run with ``livertumor.segment``).
 """
 
@@ -26,7 +27,7 @@ from ..volume import Volume
 from .data import LIVER, TUMOUR, case_slices
 from .measure import LesionMeasurement, lesion_components, measure_lesions
 from .model import load_lesion_model
-from .training import predict_slices
+from .training import lesion_decision, predict_slices
 
 Progress = Callable[[float, str], None]
 
@@ -142,9 +143,11 @@ def classify_lesions(
     card = loaded.card
     if not card.classifies:
         raise LiverTumorError(f"{card.label} is a segmentation-only lesion model (framework seg): it cannot classify")
-    report(0.05, "liver box")
-    liver_mask = _liver_mask(ct, lesion_map, liver, card.liver_model, device)
-    label = np.where(liver_mask, LIVER, 0).astype(np.uint8)
+    liver_mask = None
+    if card.slices.crop == "liver":
+        report(0.05, "liver box")
+        liver_mask = _liver_mask(ct, lesion_map, liver, card.liver_model, device)
+    label = np.where(tumour if liver_mask is None else liver_mask, LIVER, 0).astype(np.uint8)
     label[tumour] = TUMOUR
     report(0.4, "lesion slices")
     slices = case_slices("ct", ct, label, card.slices, liver=liver_mask)
@@ -154,12 +157,7 @@ def classify_lesions(
     results = []
     for measurement in measurements:
         rows = [i for i, key in enumerate(slices.lesions) if key == f"ct/{measurement.id}"]
-        probabilities = predictions.probabilities[rows].mean(0)
-        if card.framework == "joint":
-            totals = predictions.votes[rows].sum(0)
-            winner = int(totals.argmax()) if totals.sum() else int(probabilities.argmax())
-        else:
-            winner = int(probabilities.argmax())
+        winner, probabilities = lesion_decision(predictions, card.framework, rows)
         votes = [
             {
                 "slice": int(slices.planes[row]),

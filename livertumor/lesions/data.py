@@ -3,7 +3,8 @@ networks learn from and classify.
 
 Each lesion (a 26-connected component of tumour) gives its largest-area axial slice and
 ``SliceConfig.neighbours`` slices either side. A slice is cropped to a square around the liver (the
-liver's 3D box in-plane plus a margin), HU windowed to [0, 1] and resized to ``size`` x ``size``.
+liver's 3D box in-plane plus a margin) or centred on the lesion (``SliceConfig.crop``), HU windowed to
+[0, 1] and resized to ``size`` x ``size``.
 
 Class maps: ``classes-N`` beside LiTS's ``segmentation-N`` (``NAME_classes`` beside ``NAME_seg``), one
 value per lesion kind; ``manifest.json`` in the data folder names the values (``"classes": {"1":
@@ -104,6 +105,16 @@ def liver_square(liver: np.ndarray, spacing_zyx: Sequence[float], margin_mm: flo
     return y0, y0 + round(2 * half_mm / spacing_y), x0, x0 + round(2 * half_mm / spacing_x)
 
 
+def lesion_square(component: np.ndarray, spacing_zyx: Sequence[float], field_mm: float) -> tuple[int, int, int, int]:
+    """In-plane index box ``(y0, y1, x0, x1)`` of a ``field_mm`` square centred on the lesion's in-plane
+    centroid; it may reach outside the image (padded with air when cropped)."""
+    rows, columns = np.nonzero(component.any(axis=0))
+    spacing_y, spacing_x = float(spacing_zyx[1]), float(spacing_zyx[2])
+    y0 = round(rows.mean() - field_mm / 2 / spacing_y)
+    x0 = round(columns.mean() - field_mm / 2 / spacing_x)
+    return y0, y0 + round(field_mm / spacing_y), x0, x0 + round(field_mm / spacing_x)
+
+
 def crop_square(plane: np.ndarray, box: tuple[int, int, int, int], fill: float) -> np.ndarray:
     """``plane[y0:y1, x0:x1]`` with ``fill`` where the box leaves the image."""
     y0, y1, x0, x1 = box
@@ -178,7 +189,8 @@ def case_slices(
     index + 1 per tumour voxel (0 elsewhere) or None; ``liver``: the liver mask giving the crop (default:
     ``label >= 1``)."""
     liver_mask = label >= LIVER if liver is None else liver
-    box = liver_square(liver_mask, ct.grid.spacing_zyx, config.margin_mm)
+    if config.crop == "liver":
+        box = liver_square(liver_mask, ct.grid.spacing_zyx, config.margin_mm)
     ids, _ = lesion_components(label == TUMOUR)
     joint = np.where(label >= LIVER, LIVER, 0).astype(np.uint8)
     if lesion_class is not None:
@@ -194,6 +206,8 @@ def case_slices(
             if values.size == 0:
                 raise LabelValueError(f"{name}: lesion {number} has no class in the class map")
             kind = int(np.bincount(values).argmax()) - 1
+        if config.crop == "lesion":
+            box = lesion_square(component, ct.grid.spacing_zyx, config.field_mm)
         for z in lesion_planes(component[window[0]], config.neighbours):
             z += window[0].start
             image = window_hu(crop_square(ct.array[z], box, -1024.0), config.window_width, config.window_center)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -65,7 +65,7 @@ class LesionTrainConfig:
             if "slices" in values:
                 values["slices"] = SliceConfig(**values["slices"])
             return cls(**values)
-        except (TypeError, KeyError, AttributeError) as error:
+        except (TypeError, KeyError, AttributeError, ValueError) as error:
             raise LiverTumorError(f"invalid lesion training settings: {error}") from None
 
 
@@ -265,14 +265,41 @@ def predict_slices(
     return SlicePredictions(stacked, stacked.argmax(1), lesion_mask)
 
 
+def lesion_decision(predictions: SlicePredictions, framework: str, rows: Sequence[int]) -> tuple[int, np.ndarray]:
+    """One lesion's class from its slices ``rows``: the majority vote of its pixels over all slices
+    (joint; the mean probabilities when no pixel voted) or the arg-max of the mean slice probabilities
+    (cls, ynet). Returns the class index and the mean probabilities."""
+    probabilities = predictions.probabilities[list(rows)].mean(0)
+    if framework == "joint":
+        totals = predictions.votes[list(rows)].sum(0)
+        if totals.sum():
+            return int(totals.argmax()), probabilities
+    return int(probabilities.argmax()), probabilities
+
+
+def _confusion(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    confusion = np.zeros((classes, classes), np.int64)
+    np.add.at(confusion, (truth, predicted), 1)
+    return confusion
+
+
 def evaluate(network: nn.Module, framework: str, data: SliceSet, classes: int = len(LESION_CLASSES)) -> dict:
-    """Classification accuracy, confusion matrix (rows truth, columns prediction) and per-class recall;
+    """Classification accuracy per slice and per lesion (its slices' decision, as ``classify`` makes
+    it), their confusion matrices (rows truth, columns prediction) and per-class recall of lesions;
     segmentation Dice and recall of lesion pixels (means over slices)."""
     predictions = predict_slices(network, framework, data.images, data.lesion, classes)
     result: dict = {"slices": len(data)}
     if predictions.classes is not None and data.has_classes:
-        confusion = np.zeros((classes, classes), np.int64)
-        np.add.at(confusion, (data.labels, predictions.classes), 1)
+        slice_confusion = _confusion(data.labels, predictions.classes, classes)
+        result["slice_accuracy"] = float(np.trace(slice_confusion) / slice_confusion.sum())
+        result["slice_confusion"] = slice_confusion.tolist()
+        rows_of: dict[str, list[int]] = {}
+        for row, key in enumerate(data.lesions):
+            rows_of.setdefault(key, []).append(row)
+        truth = np.asarray([data.labels[rows[0]] for rows in rows_of.values()])
+        decided = np.asarray([lesion_decision(predictions, framework, rows)[0] for rows in rows_of.values()])
+        confusion = _confusion(truth, decided, classes)
+        result["lesions"] = len(rows_of)
         result["accuracy"] = float(np.trace(confusion) / confusion.sum())
         result["confusion"] = confusion.tolist()
         result["recall_per_class"] = {
@@ -300,11 +327,12 @@ def patient_folds(patients: list[str], folds: int, seed: int) -> list[np.ndarray
 
 
 def _mean_results(results: list[dict]) -> dict:
-    keys = [k for k in ("accuracy", "dice", "recall") if all(k in r for r in results)]
+    keys = [k for k in ("accuracy", "slice_accuracy", "dice", "recall") if all(k in r for r in results)]
     summary = {k: float(np.mean([r[k] for r in results])) for k in keys}
     summary.update({f"{k}_std": float(np.std([r[k] for r in results])) for k in keys})
-    if all("confusion" in r for r in results):
-        summary["confusion"] = np.sum([r["confusion"] for r in results], axis=0).tolist()
+    for key in ("confusion", "slice_confusion"):
+        if all(key in r for r in results):
+            summary[key] = np.sum([r[key] for r in results], axis=0).tolist()
     summary["folds"] = results
     return summary
 
