@@ -65,3 +65,18 @@ def tiny_model(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "tiny"
     train_model(train, validation, TrainConfig.from_json(TINY_SETTINGS), out, name="tiny")
     return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _livertumor_home(tmp_path_factory):
+    """The user folder (models, compiled graphs) of every test run, the CLI's subprocesses included, is a
+    temporary one: tests never read or write the real ~/.livertumor."""
+    import os
+
+    previous = os.environ.get("LIVERTUMOR_HOME")
+    os.environ["LIVERTUMOR_HOME"] = str(tmp_path_factory.mktemp("livertumor-home"))
+    yield
+    if previous is None:
+        del os.environ["LIVERTUMOR_HOME"]
+    else:
+        os.environ["LIVERTUMOR_HOME"] = previous

@@ -414,6 +414,18 @@ SEGMENT_FORMATS = {
 }
 
 
+def _add_backend_option(parser: argparse.ArgumentParser, what: str) -> None:
+    from .backends import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help=f"what runs {what}: auto (default: OpenVINO on the CPU where installed, else PyTorch), torch, "
+        "openvino or onnxruntime (compiled once per model and window, cached)",
+    )
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from .inference import segment
     from .io import folder_lock, read_ct, write_segmentation, write_volume
@@ -463,6 +475,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                     progress,
                     tumour_in_liver=True if args.tumour_in_liver else None,
                     min_lesion_mm=args.min_lesion_mm,
+                    backend=args.backend,
                 )
                 if args.format == ".seg.nrrd":
                     write_segmentation(result.labels, label_path)
@@ -637,7 +650,14 @@ def cmd_classify(args: argparse.Namespace) -> int:
     reporter = Reporter(args.progress, "classify")
     try:
         results = classify_lesions(
-            args.ct, args.lesions, args.model, args.liver, args.device, reporter.fraction, args.min_lesion_mm
+            args.ct,
+            args.lesions,
+            args.model,
+            args.liver,
+            args.device,
+            reporter.fraction,
+            args.min_lesion_mm,
+            backend=args.backend,
         )
     finally:
         reporter.close()
@@ -868,6 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
     )
+    _add_backend_option(segment, "the network")
     segment.add_argument(
         "--format",
         choices=tuple(SEGMENT_FORMATS),
@@ -933,6 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--liver", type=Path, help="liver mask (default: label 1 of --lesions, or the liver model)")
     classify.add_argument("--model", help="lesion model name, name:version or folder (default: the demo classifier)")
     classify.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    _add_backend_option(classify, "the liver model's run, when the liver box comes from it")
     classify.add_argument("-o", "--output", type=Path, required=True, help="JSON report")
     classify.add_argument("--overwrite", action="store_true", help="replace the report if it exists")
     classify.add_argument(

@@ -72,7 +72,7 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 @torch.no_grad()
 def sliding_window(
-    network: nn.Module,
+    network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     image: np.ndarray,
     block: tuple[int, int, int],
     divisor: int,
@@ -86,6 +86,7 @@ def sliding_window(
 
     The window is ``block``, shrunk to the image (rounded up to ``divisor``) where the image is smaller.
     At most ``batch_size`` windows of logits exist at once, so memory stays bounded on any CT.
+    ``network``: a module, or any callable from a (N, 1, *window) batch to logits (a compiled backend).
     """
     device = device or torch.device("cpu")
     if not 0.0 <= overlap < 1.0:
@@ -97,7 +98,8 @@ def sliding_window(
     weights_tensor = torch.from_numpy(weights).to(device)
     accumulated: np.ndarray | None = None
     total_weight = np.zeros(image.shape, np.float32)
-    network.eval()
+    if isinstance(network, nn.Module):
+        network.eval()
     for first in range(0, len(starts), batch_size):
         group = starts[first : first + batch_size]
         batch = np.stack([extract_block(image, start, window, 0.0) for start in group])[:, None]
@@ -154,9 +156,13 @@ def segment(
     progress: Progress | None = None,
     tumour_in_liver: bool | None = None,
     min_lesion_mm: float = 0.0,
+    backend: str = "auto",
 ) -> Segmentation:
     """Segment liver tumours in a CT: preprocessing from the model's card, sliding window, back onto the
     CT's grid. ``model`` is a registry name, a model folder, or None for the default model.
+
+    ``backend`` (:mod:`livertumor.backends`): ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (OpenVINO on
+    the CPU where installed, else PyTorch); the compiled ones give the same labels up to float rounding.
 
     ``tumour_in_liver`` keeps only tumour in the largest liver component (None: as the card says; it
     needs a model that segments the liver). ``min_lesion_mm`` drops tumour components whose
@@ -170,7 +176,10 @@ def segment(
     else:
         check_ct_values(image)
         ct = image
+    from .backends import network_forward, resolve_backend
+
     torch_device = resolve_device(device)
+    backend = resolve_backend(backend, torch_device)
     loaded = load_model(model, torch_device)
     config = loaded.card.preprocess
     report = progress or (lambda fraction, message: None)
@@ -185,8 +194,15 @@ def segment(
         def stage_progress(fraction: float, message: str, index: int = index, role: str = role) -> None:
             report(0.05 + 0.85 * (index + fraction) / len(stages), f"{role}: {message}")
 
-        result = sliding_window(
+        forward = network_forward(
             network,
+            backend,
+            torch_device,
+            loaded.card.weights[role]["sha256"],
+            lambda message, index=index: report(0.05 + 0.85 * index / len(stages), message),
+        )
+        result = sliding_window(
+            forward,
             prepared.array[region],
             config.block,
             loaded.card.architecture.divisor,

@@ -12,8 +12,9 @@ Width and depth are arguments, so a tiny configuration serves the tests and CPU 
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,6 +24,23 @@ from .errors import LiverTumorError, require_number
 
 #: Spatial rows summed per reduction step of the CPU inference norm: small enough for the cache.
 _ROWS_PER_CHUNK = 4096
+
+
+class _FastPaths:
+    """Whether the CPU fast paths below are taken (off while tracing a graph for another runtime)."""
+
+    enabled = True
+
+
+@contextlib.contextmanager
+def standard_ops() -> Iterator[None]:
+    """Run the networks with PyTorch's standard operations only (no direct oneDNN calls, no in-place
+    norm): what a graph exporter (OpenVINO, ONNX) can trace and convert. Same results, slower in PyTorch."""
+    previous, _FastPaths.enabled = _FastPaths.enabled, False
+    try:
+        yield
+    finally:
+        _FastPaths.enabled = previous
 
 
 def _channels_last_mean_var(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +69,8 @@ class InstanceNorm3d(nn.InstanceNorm3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
-            torch.is_grad_enabled()
+            not _FastPaths.enabled
+            or torch.is_grad_enabled()
             or x.device.type != "cpu"
             or x.dtype != torch.float32
             or not x.is_contiguous(memory_format=torch.channels_last_3d)
@@ -132,7 +151,8 @@ class Conv3d(nn.Conv3d):
         return tuple(self.stride) == (1, 1, 1) and tuple(self.dilation) == (1, 1, 1) and self.groups == 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        cpu_float = x.device.type == "cpu" and x.dtype == torch.float32
+        if not (_FastPaths.enabled and cpu_float and torch.backends.mkldnn.is_available()):
             return super().forward(x)
         weight = self.weight
         if torch.is_grad_enabled() and x.shape[0] == 1 and self.batch_one_backward and self._stride_one:

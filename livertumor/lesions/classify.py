@@ -89,7 +89,9 @@ def lesion_voxels(lesion_map: np.ndarray, voxel_ml: float) -> np.ndarray:
     return mask
 
 
-def _liver_mask(ct: Volume, lesion_map: np.ndarray, liver, liver_model: str | None, device: str) -> np.ndarray:
+def _liver_mask(
+    ct: Volume, lesion_map: np.ndarray, liver, liver_model: str | None, device: str, backend: str
+) -> np.ndarray:
     if liver is not None:
         volume = _as_volume(liver)
         ct.grid.require_same(volume.grid, "the CT", "the liver mask")
@@ -103,7 +105,7 @@ def _liver_mask(ct: Volume, lesion_map: np.ndarray, liver, liver_model: str | No
         )
     from ..inference import segment
 
-    liver_mask = segment(ct, model=liver_model, device=device).labels.array >= LIVER
+    liver_mask = segment(ct, model=liver_model, device=device, backend=backend).labels.array >= LIVER
     if not liver_mask.any():
         raise LiverTumorError(f"the liver model {liver_model} found no liver in this CT")
     return liver_mask
@@ -117,11 +119,13 @@ def classify_lesions(
     device: str = "auto",
     progress: Progress | None = None,
     min_lesion_mm: float = 0.0,
+    backend: str = "auto",
 ) -> list[LesionClassification]:
     """Classify every lesion of ``lesions`` (a mask, or a 0/1/2 label map whose 2 is tumour) on the CT
     ``image``'s grid as cyst, hemangioma or metastasis. ``model``: a lesion model (registry name or
     folder; None for the shipped demo classifier). Lesions below ``min_lesion_mm`` equivalent-sphere
-    diameter are left out."""
+    diameter are left out. ``backend``: what runs the liver model, when it gives the liver box
+    (:func:`livertumor.segment`'s)."""
     report = progress or (lambda fraction, message: None)
     ct = read_ct(image) if not isinstance(image, Volume) else image
     check_ct_values(ct)
@@ -146,7 +150,7 @@ def classify_lesions(
     liver_mask = None
     if card.slices.crop == "liver":
         report(0.05, "liver box")
-        liver_mask = _liver_mask(ct, lesion_map, liver, card.liver_model, device)
+        liver_mask = _liver_mask(ct, lesion_map, liver, card.liver_model, device, backend)
     label = np.where(tumour if liver_mask is None else liver_mask, LIVER, 0).astype(np.uint8)
     label[tumour] = TUMOUR
     report(0.4, "lesion slices")
