@@ -81,6 +81,29 @@ def test_label_resampled_forth_and_back_keeps_every_lesion(direction):
     assert ndimage.label(lost_without == 2, structure)[1] < count  # the guarantee is doing the work
 
 
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_label_resampling_of_the_labelled_box_equals_resampling_everything(direction):
+    """Only the labelled box is resampled, onto the part of the target it reaches: the result is the
+    whole-volume nearest-neighbour resampling, voxel for voxel, on any orientation, including labels at
+    the volume's edge and a target that only partly overlaps."""
+    rng = np.random.default_rng(3)
+    label = np.zeros((24, 48, 40), np.uint8)
+    label[6:18, 10:30, 8:33] = 1
+    label[9:14, 15:22, 12:20] = 2
+    label[0:3, 44:48, 36:40] = 2  # in a corner
+    label[20:24, 0:6, 0:5] = 1
+    source = Volume.from_array(label, spacing=(1.1, 0.9, 2.0), origin=(3, -4, 5), direction=DIRECTIONS[direction])
+    for spacing, shift in (((0.8, 0.8, 1.3), 0.0), ((1.7, 1.4, 2.5), 0.3), ((0.6, 0.6, 1.0), 20.0)):
+        target = grid_with_spacing(source.grid, spacing)
+        target = Grid(
+            target.shape, target.spacing, tuple(np.add(target.origin, shift * rng.random(3))), target.direction
+        )
+        whole = resample_to_grid(source, target, "nearest", 0).array
+        np.testing.assert_array_equal(resample_label(source, target, keep_components=False).array, whole)
+    empty = resample_label(source.with_array(np.zeros_like(label)), target)
+    assert empty.grid == target and not empty.array.any()
+
+
 def test_window_maps_the_paper_window_to_unit_range():
     out = window_hu(np.array([-1000, -60, 40, 140, 3000], np.int16))
     np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0])
