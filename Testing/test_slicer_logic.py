@@ -195,9 +195,11 @@ def test_out_of_process_segment_progress_table_and_rerun(scene, tiny_case, tiny_
         assert centre[0] == pytest.approx(-measured[0].centroid_lps_mm[0], abs=0.01)
     # the user edits the result; a second run makes a new node and leaves the edited one alone
     result.segmentation.SetName("edited by me")
-    again = logic.segment(volume, model=str(tiny_model), device="cpu")
+    again = logic.segment(volume, model=str(tiny_model), device="cpu", backend="torch")
     assert again is not result.segmentation and result.segmentation.GetScene() is scene
     assert again.GetName() != "edited by me"
+    again_id = again.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
+    assert np.array_equal(mrml.segment_mask(again, again_id, volume), expected == 2)  # PyTorch, same labels
 
 
 def test_cancel_ends_the_process_tree_and_leaves_the_scene(scene, tiny_model):

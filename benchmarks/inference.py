@@ -1,19 +1,27 @@
-"""Inference speed and memory: one forward of the paper's network, and `segment` end to end.
+"""Inference speed and memory: every installed backend against PyTorch, one forward and `segment` end to
+end, with the machine's measured limit beside them.
 
-    python benchmarks/inference.py [--device cpu] [--repeats 3] [--precision fp32|bf16]
+    python benchmarks/inference.py [--device cpu] [--repeats 3] [--overlap 0.25] [--backends torch openvino ...]
 
-1. Seconds for one 64x256x256 forward of the paper's 3D residual U-Net (widths 8-128, ~221 GFLOP).
-2. End to end for a 512x512x120 phantom CT at 0.75x0.75x1.6 mm with a model of the paper's network and
-   preprocessing (1 mm, 64x256x256 windows; random weights: speed does not depend on them): seconds
-   and peak resident memory of the process (``ru_maxrss``).
-3. Where bf16 is asked for: agreement (Dice) of its labels with fp32's.
-4. Where MONAI is installed (``pip install -e ".[bench]"``): its ``sliding_window_inference`` on the same
+1. The machine's fp32 limit on these cores: a 4096x4096 matmul and a large 3D convolution
+   (32 -> 32 channels, 3x3x3, 64x128x128), GFLOP/s.
+2. One 1x1x64x256x256 forward of the paper's 3D residual U-Net (widths 8-128; FLOPs counted by PyTorch's
+   FLOP counter, ~221 G) per variant: the library's PyTorch path (oneDNN channels-last, own norm), PyTorch
+   with standard ops only, and each installed compiled backend (``livertumor.backends``; build time
+   apart). Median seconds, achieved GFLOP/s, ratio to the library's path and to the machine's limit.
+3. ``segment`` end to end on a 512x512x120 phantom CT at 0.75x0.75x1.6 mm with that network (random
+   weights: speed does not depend on them), per backend: seconds, peak resident memory so far
+   (``ru_maxrss``: run one backend per process for each one's own peak), agreement of its labels with
+   PyTorch's (Dice); and ``restore_to_grid`` of the labels alone.
+4. Where bf16 is asked for (``--precision bf16``, PyTorch only): its labels' agreement with fp32's.
+5. Where MONAI is installed (``pip install -e ".[bench]"``): its ``sliding_window_inference`` on the same
    network, volume and overlap.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import tempfile
@@ -22,82 +30,182 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from livertumor import backends
+from livertumor.backends import GraphForward
 from livertumor.inference import autocast_context, resolve_device, segment, sliding_window
 from livertumor.memory import keep_freed_memory
 from livertumor.models import ModelCard, save_model
-from livertumor.networks import ResUNet3d, ResUNetConfig
+from livertumor.networks import ResUNet3d, ResUNetConfig, standard_ops
 from livertumor.phantom import make_phantom
-from livertumor.preprocess import PreprocessConfig, prepare_ct
+from livertumor.preprocess import PreprocessConfig, prepare_ct, restore_to_grid
 
 
 def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def median_seconds(run, repeats: int) -> float:
+    """Median wall time of ``run()`` after one warm-up call."""
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine_limit(repeats: int) -> dict[str, float]:
+    """GFLOP/s of a large fp32 matmul and a large 3D convolution on this machine's cores."""
+    a, b = torch.rand(4096, 4096), torch.rand(4096, 4096)
+    matmul = 2 * 4096**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+    x = torch.rand(1, 32, 64, 128, 128).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.rand(32, 32, 3, 3, 3).contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        seconds = median_seconds(lambda: torch.nn.functional.conv3d(x, w, padding=1), repeats)
+    conv = 2 * x.numel() * 32 * 27 / seconds / 1e9
+    return {"matmul 4096x4096": matmul, "conv3d 32->32, 3x3x3, 64x128x128": conv}
+
+
+def forward_flops(network: torch.nn.Module, shape: tuple[int, ...]) -> float:
+    with standard_ops(), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        network(torch.zeros(shape))
+    return float(counter.get_total_flops())
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum())) if (a.any() or b.any()) else 1.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=[b for b in backends.BACKENDS[1:] if backends.installed(b)],
+        help="backends to compare (default: every installed one)",
+    )
     parser.add_argument("--glibc-default", action="store_true", help="leave malloc's defaults as they are")
     args = parser.parse_args()
     # As the `livertumor` command does: see livertumor/memory.py (--glibc-default measures without).
     if not args.glibc_default:
         keep_freed_memory()
+    os.environ["LIVERTUMOR_HOME"] = tempfile.mkdtemp(prefix="livertumor-bench-home-")  # compiled graphs
     device = resolve_device(args.device)
+    graph_backends = [b for b in args.backends if b != "torch"] if device.type == "cpu" else []
     torch.manual_seed(0)
     network = ResUNet3d(ResUNetConfig()).to(device).eval()
-    volume = torch.rand(1, 1, 64, 256, 256, device=device)
-    rows = []
+    shape = (1, 1, 64, 256, 256)
+    volume = torch.rand(*shape, device=device)
+    flops = forward_flops(network.cpu(), shape)
+    network.to(device)
+    limits = machine_limit(args.repeats) if device.type == "cpu" else {}
+    limit = max(limits.values()) if limits else float("nan")
+
+    def synchronized(run):
+        def call():
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        return call
+
+    forwards: list[tuple[str, float, float]] = []  # name, median seconds, build seconds
     with torch.no_grad(), autocast_context(device, args.precision):
-        network(volume)  # warm-up (oneDNN/cuDNN plans)
-        times = []
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            network(volume)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-    rows.append((f"forward 64x256x256 ({args.precision})", statistics.median(times), peak_mb()))
+        forwards.append(
+            ("PyTorch, library path", median_seconds(synchronized(lambda: network(volume)), args.repeats), 0.0)
+        )
+        if device.type == "cpu":
+
+            def standard():
+                with standard_ops():
+                    network(volume)
+
+            forwards.append(("PyTorch, standard ops", median_seconds(standard, args.repeats), 0.0))
+    cache = Path(tempfile.mkdtemp(prefix="livertumor-bench-"))
+    for backend in graph_backends:
+        forward = GraphForward(network, backend, "benchmark", cache, report=lambda message: None)
+        start = time.perf_counter()
+        forward(volume)  # build and first run
+        build = time.perf_counter() - start
+        forwards.append((backend, median_seconds(lambda forward=forward: forward(volume), args.repeats), build))
 
     phantom = make_phantom(5, (120, 512, 512), (1.6, 0.75, 0.75))
+    ends: list[tuple[str, float, float, float]] = []
     with tempfile.TemporaryDirectory() as folder:
         card = ModelCard("benchmark-random", "0", ResUNetConfig(), PreprocessConfig(), "untrained")
         model = save_model(Path(folder) / "model", {"tumour": network.cpu()}, card)
         network.to(device)
-        start = time.perf_counter()
-        result = segment(phantom.ct, model=model, device=str(device), overlap=args.overlap, precision=args.precision)
-        rows.append(
-            (f"segment 512x512x120 end to end (overlap {args.overlap})", time.perf_counter() - start, peak_mb())
-        )
+        reference = None
+        for backend in ["torch", *graph_backends]:
+            if backend != "torch":  # build the cached graph first: a user's second run, not the first
+                block = torch.zeros(1, 1, *card.preprocess.block)
+                GraphForward(network.cpu(), backend, card.weights["tumour"]["sha256"], report=print)(block)
+            start = time.perf_counter()
+            result = segment(
+                phantom.ct,
+                model=model,
+                device=str(device),
+                overlap=args.overlap,
+                precision=args.precision,
+                backend=backend,
+            )
+            seconds = time.perf_counter() - start
+            labels = result.labels.array == 2
+            reference = labels if reference is None else reference
+            ends.append((backend, seconds, peak_mb(), dice(labels, reference)))
         if args.precision != "fp32":
-            reference = segment(phantom.ct, model=model, device=str(device), overlap=args.overlap, precision="fp32")
-            a, b = result.labels.array == 2, reference.labels.array == 2
-            dice = 2 * (a & b).sum() / max(1, a.sum() + b.sum()) if (a.any() or b.any()) else 1.0
-            print(f"{args.precision} vs fp32 label agreement (Dice): {dice:.4f}")
+            fp32 = segment(phantom.ct, model=model, device=str(device), overlap=args.overlap, precision="fp32")
+            print(f"{args.precision} vs fp32 label agreement (Dice): {dice(reference, fp32.labels.array == 2):.4f}")
     prepared = prepare_ct(phantom.ct, card.preprocess)
+    on_prepared = prepared.with_array(np.zeros(prepared.shape, np.uint8))
+    on_prepared.array[40:150, 60:200, 80:260] = 1
+    on_prepared.array[90:100, 100:112, 120:131] = 2
+    restore = median_seconds(lambda: restore_to_grid(on_prepared, phantom.ct.grid, is_label=True), args.repeats)
     start = time.perf_counter()
     sliding_window(network, prepared.array, card.preprocess.block, 16, args.overlap, 1, device, args.precision)
     ours = time.perf_counter() - start
-    rows.append((f"our sliding window alone on {prepared.shape}", ours, peak_mb()))
     try:
         from monai.inferers import sliding_window_inference
     except ImportError:
+        monai = None
         print('MONAI not installed: no comparison (pip install -e ".[bench]" adds it)')
     else:
         tensor = torch.from_numpy(np.ascontiguousarray(prepared.array))[None, None].to(device)
         start = time.perf_counter()
         with torch.no_grad():
             sliding_window_inference(tensor, card.preprocess.block, 1, network, overlap=args.overlap, mode="gaussian")
-        rows.append(("MONAI sliding_window_inference, same input", time.perf_counter() - start, peak_mb()))
-    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    print("\n| what | seconds | peak RSS so far (MB) |\n|---|---|---|")
-    for name, seconds, memory in rows:
-        print(f"| {name} | {seconds:.2f} | {memory:.0f} |")
+        monai = time.perf_counter() - start
+
+    versions = ", ".join(f"{b} {backends.backend_version(b)}" for b in ["torch", *graph_backends])
+    print(f"device: {device}, {versions}, torch threads {torch.get_num_threads()}")
+    if limits:
+        print("\n| machine limit (fp32) | GFLOP/s |\n|---|---|")
+        for name, value in limits.items():
+            print(f"| {name} | {value:.0f} |")
+    print(f"\nOne forward, 1x1x64x256x256, {flops / 1e9:.0f} GFLOP ({args.precision}):\n")
+    print("| variant | median s | GFLOP/s | speed vs library path | time vs machine limit | build s |")
+    print("|---|---|---|---|---|---|")
+    base = forwards[0][1]
+    for name, seconds, build in forwards:
+        print(
+            f"| {name} | {seconds:.2f} | {flops / seconds / 1e9:.0f} | {base / seconds:.2f}x "
+            f"| {seconds / (flops / limit / 1e9):.2f}x | {build:.1f} |"
+        )
+    print(f"\nsegment, 512x512x120 CT end to end (overlap {args.overlap}):\n")
+    print("| backend | seconds | peak RSS so far (MB) | tumour labels vs PyTorch (Dice) |\n|---|---|---|---|")
+    for name, seconds, memory, agreement in ends:
+        print(f"| {name} | {seconds:.2f} | {memory:.0f} | {agreement:.4f} |")
+    print(f"\nrestore_to_grid of a label map (liver box) onto the 512x512x120 grid: {restore:.2f} s")
+    print(f"our sliding window alone on {prepared.shape} (PyTorch): {ours:.2f} s")
+    if monai is not None:
+        print(f"MONAI sliding_window_inference, same network, input, window and overlap: {monai:.2f} s")
 
 
 if __name__ == "__main__":

@@ -74,8 +74,10 @@ class LiverTumorCurriculumLogic(SceneLogic):
         quality: str = "quality",
         probabilities: bool = False,
         progress: Progress | None = None,
+        backend: str = "auto",
     ) -> Job:
-        """Start segmenting ``volume_node``; the job's result is a :class:`SegmentationResult`."""
+        """Start segmenting ``volume_node``; the job's result is a :class:`SegmentationResult`.
+        ``backend``: ``livertumor segment --backend`` (auto: OpenVINO on the CPU where installed)."""
         if quality not in OVERLAP:
             raise ValueError(f"quality is one of {', '.join(OVERLAP)}, not {quality!r}")
         from livertumor.io import write_volume  # SimpleITK: imported on use, not when Slicer loads the module
@@ -84,7 +86,7 @@ class LiverTumorCurriculumLogic(SceneLogic):
         workdir = Path(tempfile.mkdtemp(prefix="livertumor-segment-"))
         write_volume(ct, workdir / "ct.nrrd")
         arguments = ["segment", workdir / "ct.nrrd", "-o", workdir, "--device", device, "--format", ".nrrd"]
-        arguments += ["--overlap", OVERLAP[quality], "--progress", "json"]
+        arguments += ["--overlap", OVERLAP[quality], "--progress", "json", "--backend", backend]
         arguments += ["--model", model] if model else []
         arguments += ["--probabilities"] if probabilities else []
         process = LibraryProcess(arguments, progress_events(progress), self.python).start()
