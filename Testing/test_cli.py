@@ -28,6 +28,15 @@ def test_phantom_then_info(tmp_path):
     assert summary["orientation"] == "LPS" and summary["min"] <= -1000
 
 
+def test_phantom_kinds_give_one_lesion_kind_per_case_in_turn(tmp_path):
+    made = run("phantom", "--out", tmp_path, "--cases", 3, "--shape", 24, 64, 64, "--kinds", "metastasis", "cyst")
+    assert made.returncode == 0, made.stderr
+    cases = json.loads((tmp_path / "manifest.json").read_text())["cases"]
+    assert {lesion["kind"] for lesion in cases[0]["lesions"]} == {"metastasis"}
+    assert {lesion["kind"] for lesion in cases[1]["lesions"]} == {"cyst"}
+    assert run("phantom", "--out", tmp_path / "x", "--kinds", "adenoma").returncode == 2
+
+
 def test_info_table_on_real_dicom(real_data):
     info = run("info", real_data / "dcmqi/ct-3slice")
     assert info.returncode == 0, info.stderr

@@ -82,6 +82,11 @@ def test_slices_follow_the_manifest(lesion_data, slices):
         own = slices.lesion[index].astype(bool)
         assert (slices.joint[index][own] >= JOINT_OFFSET).all()
     assert set(np.unique(slices.joint)) <= set(range(JOINT_OFFSET + len(LESION_CLASSES)))
+    # each lesion's size: its equivalent-sphere diameter, near the drawn one (5-80 mm, ellipsoids ±15 %)
+    drawn = {f"case-{n}": [le["diameter_mm"] for le in c["lesions"]] for n, c in enumerate(manifest["cases"])}
+    for index in range(len(slices)):
+        case = slices.lesions[index].split("/")[0]
+        assert min(drawn[case]) * 0.6 <= slices.diameters_mm[index] <= max(drawn[case]) * 1.3
     # neighbours: at most three slices per lesion, each lesion's planes consecutive
     for lesion in set(slices.lesions):
         planes = sorted(slices.planes[[i for i, key in enumerate(slices.lesions) if key == lesion]])
@@ -148,6 +153,8 @@ def test_each_framework_trains_and_evaluates(framework, slices):
     if "confusion" in result:
         assert np.sum(result["slice_confusion"]) == 12
         assert np.sum(result["confusion"]) == result["lesions"] == len(set(subset.lesions))
+        by_size = result.get("lesions_10mm_up", 0) + result.get("lesions_under_10mm", 0)
+        assert by_size == result["lesions"]
 
 
 def test_joint_training_fits_and_finds_lesions_in_other_patients(slices):

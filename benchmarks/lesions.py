@@ -129,7 +129,7 @@ def main() -> None:
             print(
                 framework,
                 label,
-                {k: result.get(k) for k in ("accuracy", "slice_accuracy", "dice", "recall", "confusion")},
+                {k: v for k, v in result.items() if k != "folds"},
                 f"{seconds:.0f} s",
                 flush=True,
             )
@@ -141,12 +141,14 @@ def main() -> None:
         return f"{result[key]:.2f} ± {result[key + '_std']:.2f}" if key in result else "-"
 
     lines = [
-        "| framework | initialisation | Cls Acc (lesions) | Cls Acc (slices) | Seg Dice | Seg Recall | CV seconds |",
-        "|---|---|---|---|---|---|---|",
+        "| framework | initialisation | Cls Acc (lesions) | lesions ≥ 10 mm | lesions < 10 mm | Cls Acc (slices) "
+        "| Seg Dice | Seg Recall | CV seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for framework, label, result, seconds in rows:
         lines.append(
             f"| {FRAMEWORKS[framework].split(' (')[0]} | {INITS[label]} | {cell(result, 'accuracy')} "
+            f"| {cell(result, 'accuracy_10mm_up')} | {cell(result, 'accuracy_under_10mm')} "
             f"| {cell(result, 'slice_accuracy')} | {cell(result, 'dice')} | {cell(result, 'recall')} | {seconds:.0f} |"
         )
     classes = ", ".join(LESION_CLASSES)

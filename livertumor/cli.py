@@ -127,6 +127,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             suffix=".nii.gz" if args.compress else ".nii",
             progress=lambda done, total: bar.update(1),
             phases=args.phases,
+            kinds=args.kinds,
         )
     _report_dataset(manifest, args.out)
     return 0
@@ -690,7 +691,7 @@ def _add_progress_option(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, PHASES
+    from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, LESION_CLASSES, PHASES
 
     parser = _OneLineParser(
         prog="livertumor",
@@ -732,6 +733,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PHASES,
         metavar="PHASE",
         help=f"contrast phases to draw from ({', '.join(PHASES)}; default: all, portal venous most often)",
+    )
+    phantom.add_argument(
+        "--kinds",
+        nargs="+",
+        choices=LESION_CLASSES,
+        metavar="KIND",
+        help="one lesion kind per case, in turn (balanced classes for lesion classification; default: drawn "
+        f"per liver, metastatic or benign); kinds: {', '.join(LESION_CLASSES)}",
     )
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)

@@ -26,6 +26,7 @@ from scipy import ndimage
 from ..datasets import LABEL_SUFFIXES, Case, find_cases
 from ..errors import DatasetError, LabelValueError, LiverTumorError
 from ..io import read_ct, read_label, volume_suffix
+from ..metrics import equivalent_diameter_mm
 from ..phantom import LESION_CLASSES
 from ..preprocess import window_hu
 from ..volume import Volume
@@ -42,7 +43,8 @@ class SliceSet:
     """Lesion slices, stacked: ``images`` (N, S, S) in [0, 1]; ``lesion`` the sample's own lesion,
     ``any_lesion`` every lesion of the slice, ``joint`` 0 background / 1 liver / 2.. lesion classes
     (all (N, S, S) uint8); ``labels`` the sample lesion's class index (``UNKNOWN`` if none); the patient
-    (case), lesion (``case/component``) and axial slice index of each sample."""
+    (case), lesion (``case/component``), axial slice index and the lesion's equivalent-sphere diameter
+    (mm) of each sample."""
 
     images: np.ndarray
     lesion: np.ndarray
@@ -52,6 +54,7 @@ class SliceSet:
     patients: list[str]
     lesions: list[str]
     planes: np.ndarray
+    diameters_mm: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,6 +70,7 @@ class SliceSet:
             [self.patients[i] for i in indices],
             [self.lesions[i] for i in indices],
             self.planes[indices],
+            self.diameters_mm[indices],
         )
 
     @classmethod
@@ -74,7 +78,7 @@ class SliceSet:
         if not parts:
             empty = np.zeros((0, size, size), np.uint8)
             none = np.zeros(0, np.int64)
-            return cls(empty.astype(np.float32), empty, empty, empty, none, [], [], none)
+            return cls(empty.astype(np.float32), empty, empty, empty, none, [], [], none, none.astype(np.float64))
         return cls(
             np.concatenate([p.images for p in parts]),
             np.concatenate([p.lesion for p in parts]),
@@ -84,6 +88,7 @@ class SliceSet:
             [name for p in parts for name in p.patients],
             [name for p in parts for name in p.lesions],
             np.concatenate([p.planes for p in parts]),
+            np.concatenate([p.diameters_mm for p in parts]),
         )
 
     @property
@@ -195,7 +200,7 @@ def case_slices(
     joint = np.where(label >= LIVER, LIVER, 0).astype(np.uint8)
     if lesion_class is not None:
         joint = np.where(lesion_class > 0, lesion_class + JOINT_OFFSET - 1, joint).astype(np.uint8)
-    keys = ("images", "lesion", "any_lesion", "joint", "labels", "lesions", "planes")
+    keys = ("images", "lesion", "any_lesion", "joint", "labels", "lesions", "planes", "diameters")
     rows: dict[str, list] = {key: [] for key in keys}
     for number, window in enumerate(ndimage.find_objects(ids), start=1):
         component = ids == number
@@ -208,6 +213,7 @@ def case_slices(
             kind = int(np.bincount(values).argmax()) - 1
         if config.crop == "lesion":
             box = lesion_square(component, ct.grid.spacing_zyx, config.field_mm)
+        diameter = float(equivalent_diameter_mm(int(component.sum()), ct.grid.spacing))
         for z in lesion_planes(component[window[0]], config.neighbours):
             z += window[0].start
             image = window_hu(crop_square(ct.array[z], box, -1024.0), config.window_width, config.window_center)
@@ -218,6 +224,7 @@ def case_slices(
             rows["labels"].append(kind)
             rows["lesions"].append(f"{name}/{number}")
             rows["planes"].append(z)
+            rows["diameters"].append(diameter)
     if not rows["images"]:
         return SliceSet.concatenate([], config.size)
     return SliceSet(
@@ -229,6 +236,7 @@ def case_slices(
         [name] * len(rows["labels"]),
         rows["lesions"],
         np.asarray(rows["planes"], np.int64),
+        np.asarray(rows["diameters"], np.float64),
     )
 
 

@@ -265,6 +265,10 @@ def predict_slices(
     return SlicePredictions(stacked, stacked.argmax(1), lesion_mask)
 
 
+#: Lesions from this equivalent diameter up are the ones radiologists characterise on CT.
+CHARACTERISABLE_MM = 10.0
+
+
 def lesion_decision(predictions: SlicePredictions, framework: str, rows: Sequence[int]) -> tuple[int, np.ndarray]:
     """One lesion's class from its slices ``rows``: the majority vote of its pixels over all slices
     (joint; the mean probabilities when no pixel voted) or the arg-max of the mean slice probabilities
@@ -298,9 +302,18 @@ def evaluate(network: nn.Module, framework: str, data: SliceSet, classes: int = 
             rows_of.setdefault(key, []).append(row)
         truth = np.asarray([data.labels[rows[0]] for rows in rows_of.values()])
         decided = np.asarray([lesion_decision(predictions, framework, rows)[0] for rows in rows_of.values()])
+        diameters = np.asarray([data.diameters_mm[rows[0]] for rows in rows_of.values()])
         confusion = _confusion(truth, decided, classes)
         result["lesions"] = len(rows_of)
         result["accuracy"] = float(np.trace(confusion) / confusion.sum())
+        # Radiologists call lesions under 10 mm "too small to characterise": the accuracy either side.
+        for key, chosen in (
+            ("accuracy_10mm_up", diameters >= CHARACTERISABLE_MM),
+            ("accuracy_under_10mm", diameters < CHARACTERISABLE_MM),
+        ):
+            if chosen.any():
+                result[key] = float(np.mean(truth[chosen] == decided[chosen]))
+                result[key.replace("accuracy", "lesions")] = int(chosen.sum())
         result["confusion"] = confusion.tolist()
         result["recall_per_class"] = {
             name: (float(confusion[i, i] / confusion[i].sum()) if confusion[i].sum() else None)
@@ -327,7 +340,8 @@ def patient_folds(patients: list[str], folds: int, seed: int) -> list[np.ndarray
 
 
 def _mean_results(results: list[dict]) -> dict:
-    keys = [k for k in ("accuracy", "slice_accuracy", "dice", "recall") if all(k in r for r in results)]
+    keys = ("accuracy", "accuracy_10mm_up", "accuracy_under_10mm", "slice_accuracy", "dice", "recall")
+    keys = [k for k in keys if all(k in r for r in results)]
     summary = {k: float(np.mean([r[k] for r in results])) for k in keys}
     summary.update({f"{k}_std": float(np.std([r[k] for r in results])) for k in keys})
     for key in ("confusion", "slice_confusion"):
