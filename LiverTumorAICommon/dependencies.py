@@ -12,7 +12,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 #: Import name -> pip requirement (what the library imports beyond Slicer's own numpy and SimpleITK).
@@ -23,6 +23,9 @@ PACKAGES = {
     "matplotlib": "matplotlib",
     "tqdm": "tqdm",
 }
+#: Import name -> pip requirement of what is offered with the required packages but not needed: OpenVINO
+#: runs segmentation about 1.2x faster on the CPU (``livertumor segment --backend auto``).
+OPTIONAL_PACKAGES = {"openvino": "openvino"}
 #: The oldest PyTorch the library runs on (pyproject.toml's ``torch>=`` says the same; a test checks).
 TORCH_MINIMUM = (2, 1)
 TORCH_REQUIREMENT = ">=" + ".".join(map(str, TORCH_MINIMUM))
@@ -48,11 +51,20 @@ def missing() -> list[str]:
     return names
 
 
-def consent_message(needed: list[str]) -> str:
+def missing_optional() -> list[str]:
+    """The optional packages (:data:`OPTIONAL_PACKAGES`) not installed in this Python."""
+    return [name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def consent_message(needed: list[str], optional: Sequence[str] = ()) -> str:
     """What the user is asked before anything is installed."""
     parts = [PACKAGES[name] + (TORCH_REQUIREMENT if name == "torch" else "") for name in needed]
+    extra = ""
+    if optional:
+        names = ", ".join(OPTIONAL_PACKAGES[name] for name in optional)
+        extra = f"\nAlso {names} (optional: faster segmentation on the CPU)."
     return (
-        "LiverTumorAI needs these Python packages: " + ", ".join(parts) + ".\n"
+        "LiverTumorAI needs these Python packages: " + ", ".join(parts) + "." + extra + "\n"
         "Install them now? (This can take several minutes; PyTorch is large.)"
     )
 
@@ -73,7 +85,8 @@ def ensure(confirm: Callable[[str], bool], installer: Callable[[], Installer], r
     needed = missing()
     if not needed:
         return True
-    if not confirm(consent_message(needed)):
+    optional = missing_optional()
+    if not confirm(consent_message(needed, optional)):
         return False
     try:
         tools = installer()
@@ -92,6 +105,11 @@ def ensure(confirm: Callable[[str], bool], installer: Callable[[], Installer], r
             "is needed); restart Slicer and try again, or install it from the PyTorch Utils module."
         )
         return False
+    if optional:
+        try:
+            tools.pip(" ".join(OPTIONAL_PACKAGES[name] for name in optional))
+        except Exception as error:  # optional: say so, and run with PyTorch
+            report(f"The optional {', '.join(optional)} was not installed ({error}); segmentation runs with PyTorch.")
     return True
 
 

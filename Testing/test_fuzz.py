@@ -151,10 +151,10 @@ WEIRD = st.sampled_from(
 #: Sub-command -> options it takes values for (files come from the fuzzed inputs).
 COMMANDS = {
     "info": [],
-    "segment": ["--overlap", "--batch-size", "--device", "--model", "--format", "--series"],
+    "segment": ["--overlap", "--batch-size", "--device", "--model", "--format", "--series", "--backend"],
     "evaluate": ["--label", "--iou", "--match", "--large"],
-    "classify": ["--device", "--model"],
-    "phantom": ["--cases", "--seed", "--shape", "--spacing"],
+    "classify": ["--device", "--model", "--backend"],
+    "phantom": ["--cases", "--seed", "--shape", "--spacing", "--kinds"],
     "synthesize": ["--cases", "--seed", "--liver-label", "--phase"],
     "train": ["--epochs", "--iterations", "--seed", "--schema", "--workers", "--validation-fraction"],
     "finetune": ["--epochs", "--iterations", "--model", "--device"],

@@ -571,6 +571,7 @@ def test_dependency_flow_consent_failure_and_version(monkeypatch):
         torch=lambda r: calls.append(("torch", r)), pip=lambda r: calls.append(("pip", r))
     )
     reports = []
+    monkeypatch.setattr(dependencies, "missing_optional", lambda: [])
     monkeypatch.setattr(dependencies, "missing", lambda: [])
     assert dependencies.ensure(lambda m: pytest.fail("asked"), lambda: pytest.fail("installer"), reports.append)
     state = {"missing": ["torch", "scipy"]}
@@ -593,6 +594,20 @@ def test_dependency_flow_consent_failure_and_version(monkeypatch):
     assert len(reports) == 1 and "no network" in reports[0]
     assert not dependencies.ensure(lambda m: True, lambda: installer, reports.append)  # still missing after
     assert "still missing" in reports[-1]
+    # OpenVINO is offered with the required packages (never alone); failing to get it is not fatal
+    monkeypatch.setattr(dependencies, "missing_optional", lambda: ["openvino"])
+
+    def no_openvino(requirements: str) -> None:
+        if "openvino" in requirements:
+            raise OSError("no wheel for this platform")
+
+    offered, reports[:] = [], []
+    assert dependencies.ensure(
+        lambda m: offered.append(m) or True,
+        lambda: state.update(missing=[]) or dependencies.Installer(torch=lambda r: None, pip=no_openvino),
+        reports.append,
+    )
+    assert "openvino (optional" in offered[0] and "no wheel" in reports[0] and "runs with PyTorch" in reports[0]
 
 
 def test_old_torch_counts_as_missing_and_the_minimum_matches_pyproject(monkeypatch):
