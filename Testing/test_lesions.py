@@ -275,6 +275,26 @@ def test_classify_lesions_of_a_ct(lesion_data, joint_model):
     assert [r.lesion_class for r in again] == [r.lesion_class for r in results]
 
 
+def test_a_lesion_crop_model_classifies_a_bare_lesion_mask_without_a_liver(lesion_data, tmp_path):
+    from livertumor.lesions.model import LesionModelCard
+
+    config = SliceConfig(size=64, crop="lesion", field_mm=64.0)
+    network = build_network("joint", SMALL_ENCODER, 3)
+    fit(
+        network,
+        load_lesion_dataset(lesion_data, config),
+        LesionTrainConfig(encoder=SMALL_ENCODER, slices=config, epochs=1),
+    )
+    save_model(tmp_path / "m", {"lesion": network}, LesionModelCard("m", "1", "joint", SMALL_ENCODER, config))
+    assert load_lesion_model(tmp_path / "m").card.slices.crop == "lesion"  # the crop travels in the card
+    case = next(c for c in sorted(lesion_data.glob("volume-*")) if c.name != "volume-0.nii")
+    ct = read_ct(case)
+    label = read_label(case.with_name(case.name.replace("volume", "segmentation")), reference=ct.grid)
+    only_tumour = label.with_array((label.array == 2).astype(np.uint8))
+    results = classify_lesions(ct, only_tumour, model=tmp_path / "m", device="cpu")  # no liver anywhere
+    assert len(results) == lesion_components(label.array == 2)[1] and all(r.slice_votes for r in results)
+
+
 def test_classify_bad_input(lesion_data, joint_model):
     ct = read_ct(lesion_data / "volume-1.nii")
     label = read_label(lesion_data / "segmentation-1.nii", reference=ct.grid)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import DIRECTIONS
 
-from livertumor.errors import DimensionError, NotCTError
+from livertumor.errors import DimensionError, LiverTumorError, NotCTError
 from livertumor.inference import DeviceError, gaussian_importance, resolve_device, segment, sliding_window
 from livertumor.io import read_ct
 from livertumor.models import (
@@ -143,6 +143,22 @@ def test_segment_refuses_bad_input(tiny_model):
         from livertumor.io import from_sitk
 
         segment(from_sitk(sitk.Image(8, 8, sitk.sitkInt16)), model=tiny_model)
+
+
+def test_a_larger_window_covers_the_volume_in_fewer_passes_on_the_same_grid(tiny_model, tiny_data):
+    from livertumor.io import read_ct
+
+    ct = read_ct(tiny_data / "volume-0.nii")
+    windows = []
+    trained = segment(ct, model=tiny_model, device="cpu", backend="torch", progress=lambda f, m: windows.append(f))
+    passes = []
+    larger = segment(
+        ct, model=tiny_model, device="cpu", backend="torch", window=(32, 64, 64), progress=lambda f, m: passes.append(f)
+    )
+    assert larger.labels.grid == trained.labels.grid == ct.grid
+    assert len(passes) < len(windows)  # one progress step per window batch
+    with pytest.raises(LiverTumorError, match="multiples of 4"):
+        segment(ct, model=tiny_model, device="cpu", window=(30, 64, 64))
 
 
 def test_unavailable_device_is_named():

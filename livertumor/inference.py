@@ -157,12 +157,16 @@ def segment(
     tumour_in_liver: bool | None = None,
     min_lesion_mm: float = 0.0,
     backend: str = "auto",
+    window: tuple[int, int, int] | None = None,
 ) -> Segmentation:
     """Segment liver tumours in a CT: preprocessing from the model's card, sliding window, back onto the
     CT's grid. ``model`` is a registry name, a model folder, or None for the default model.
 
     ``backend`` (:mod:`livertumor.backends`): ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (OpenVINO on
     the CPU where installed, else PyTorch); the compiled ones give the same labels up to float rounding.
+    ``window``: the sliding window (z, y, x voxels of the model's grid; multiples of the network's
+    poolings) instead of the card's training block: a speed/accuracy choice, measured in
+    ``benchmarks/windows.py`` (instance norm makes results depend on the window).
 
     ``tumour_in_liver`` keeps only tumour in the largest liver component (None: as the card says; it
     needs a model that segments the liver). ``min_lesion_mm`` drops tumour components whose
@@ -182,6 +186,10 @@ def segment(
     backend = resolve_backend(backend, torch_device)
     loaded = load_model(model, torch_device)
     config = loaded.card.preprocess
+    divisor = loaded.card.architecture.divisor
+    block = tuple(config.block) if window is None else tuple(int(n) for n in window)
+    if len(block) != 3 or any(n <= 0 or n % divisor for n in block):
+        raise LiverTumorError(f"the window must be three positive multiples of {divisor} voxels, got {window}")
     report = progress or (lambda fraction, message: None)
     report(0.0, "preprocessing")
     prepared = prepare_ct(ct, config)
@@ -204,8 +212,8 @@ def segment(
         result = sliding_window(
             forward,
             prepared.array[region],
-            config.block,
-            loaded.card.architecture.divisor,
+            block,
+            divisor,
             overlap,
             batch_size,
             torch_device,

@@ -2,9 +2,9 @@
 
 Each lesion (26-connected component of the lesion mask) is classified from its largest-area axial slice
 and its neighbours, cropped like the training slices (to the liver or around the lesion, as the card's
-``slices.crop`` says). Frameworks ``cls`` and ``ynet``
-average their per-slice class probabilities; ``joint`` takes the majority vote of the lesion's pixels
-over all its slices (the second paper's rule) and reports the mean pixel probabilities.
+``slices.crop`` says). Frameworks ``cls`` and ``ynet`` average their per-slice class probabilities;
+``joint`` takes the majority vote of the lesion's pixels over all its slices (the second paper's rule)
+and reports the mean pixel probabilities.
 
 A liver crop's box comes from, in this order: the ``liver`` argument, label 1 of a 0/1/2 ``lesions`` map,
 or the segmentation model the lesion model's card names (run with ``livertumor.segment``).
