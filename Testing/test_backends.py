@@ -35,6 +35,11 @@ def test_logits_match_the_pytorch_network(tiny_model, backend, tmp_path):
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=2e-4 * float(expected.abs().max()), rtol=0)
     assert torch.equal(got.argmax(1), expected.argmax(1))
+    # a window as small as the poolings allow: the deepest level is one voxel (a small image's case)
+    smallest = torch.rand(2, 1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = network(smallest)
+    torch.testing.assert_close(forward(smallest), expected, atol=2e-4 * float(expected.abs().max()), rtol=0)
 
 
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)

@@ -68,6 +68,10 @@ class InstanceNorm3d(nn.InstanceNorm3d):
     that nothing else reads). Training and other devices use PyTorch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _FastPaths.enabled and x[0, 0].numel() == 1:
+            # A one-voxel input (a small image's deepest level) normalises to the bias, as on the fast path;
+            # PyTorch's own norm refuses it, and an exporter traces PyTorch's (a constant branch per shape).
+            return torch.zeros_like(x) + self.bias[None, :, None, None, None]
         if (
             not _FastPaths.enabled
             or torch.is_grad_enabled()
