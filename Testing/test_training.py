@@ -21,7 +21,7 @@ from livertumor.data import Augmentation, CurriculumSamples, prepare_case, tumou
 from livertumor.datasets import find_cases
 from livertumor.errors import DatasetError
 from livertumor.preprocess import PreprocessConfig
-from livertumor.training import SCHEMAS, TrainConfig, Trainer, train_model
+from livertumor.training import SCHEMAS, TrainConfig, Trainer, train_model, worker_context
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +82,23 @@ def test_samples_depend_on_seed_stage_epoch_index_only(prepared):
     def batches(workers, epoch):
         samples = CurriculumSamples(prepared, "whole", (16, 32, 32), (3, 6, 6), 6, seed=1, stage=0)
         samples.set_epoch(epoch)
-        return [b[0] for b in DataLoader(samples, batch_size=2, num_workers=workers)]
+        loader = DataLoader(samples, batch_size=2, num_workers=workers, multiprocessing_context=worker_context(workers))
+        return [b[0] for b in loader]
 
     same = batches(0, 0)
     for a, b in zip(same, batches(2, 0)):
         torch.testing.assert_close(a, b)
     assert not all(torch.equal(a, b) for a, b in zip(same, batches(0, 1)))
+
+
+def test_workers_fork_unless_a_compiled_runtime_is_loaded(monkeypatch):
+    import sys
+
+    for name in ("openvino", "onnxruntime"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    assert worker_context(2) is None and worker_context(0) is None
+    monkeypatch.setitem(sys.modules, "openvino", sys)
+    assert worker_context(2).get_start_method() == "forkserver" and worker_context(0) is None
 
 
 def test_augmentation_keeps_shape_and_labels():

@@ -17,7 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -208,6 +210,19 @@ class TrainResult:
     validation_before: dict = field(default_factory=dict)
 
 
+#: Runtimes whose thread pools do not survive a fork of the process that loaded them.
+_FORK_UNSAFE_MODULES = ("openvino", "onnxruntime")
+
+
+def worker_context(workers: int) -> multiprocessing.context.BaseContext | None:
+    """How data-loader workers start: forked (the default: cheap, the data shared), unless a compiled
+    inference runtime is loaded in this process (``segment`` with an OpenVINO or ONNX Runtime backend
+    ran here before), whose thread pools crash a forked child or parent; then from a clean forkserver."""
+    if workers and os.name == "posix" and any(name in sys.modules for name in _FORK_UNSAFE_MODULES):
+        return multiprocessing.get_context("forkserver")
+    return None
+
+
 class Trainer:
     """Runs one schema for one network role (``tumour`` or ``liver``) in ``work_dir``."""
 
@@ -271,7 +286,14 @@ class Trainer:
             config.tumour_fraction,
         )
         shard = Subset(dataset, range(self.distributed.rank, len(dataset), self.distributed.world))
-        loader = DataLoader(shard, batch_size=batch, shuffle=False, num_workers=config.workers, drop_last=False)
+        loader = DataLoader(
+            shard,
+            batch_size=batch,
+            shuffle=False,
+            num_workers=config.workers,
+            drop_last=False,
+            multiprocessing_context=worker_context(config.workers),
+        )
         return dataset, loader
 
     def run(self) -> list[dict]:
