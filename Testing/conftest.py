@@ -80,3 +80,11 @@ def _livertumor_home(tmp_path_factory):
         del os.environ["LIVERTUMOR_HOME"]
     else:
         os.environ["LIVERTUMOR_HOME"] = previous
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that load OpenVINO / ONNX Runtime into the test process run last: once their thread pools
+    live in a process, a later fork of it (subprocess, data-loader workers) segfaulted in the full suite
+    (not reproduced in smaller runs; root cause not found). The library's in-process default is PyTorch
+    for the same reason; the command, which runs in its own process, defaults to ``auto``."""
+    items.sort(key=lambda item: item.path.name == "test_backends.py")

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_cli import run
+from test_cli import run  # noqa: F401
 
 from livertumor import backends
 from livertumor.backends import GraphForward, resolve_backend
@@ -99,19 +99,3 @@ def test_backend_choice_and_its_errors(monkeypatch):
     with pytest.raises(LiverTumorError, match=r"not installed: pip install 'livertumor\[onnxruntime\]'"):
         resolve_backend("onnxruntime", cpu)
     assert resolve_backend("auto", cpu) == "torch"
-
-
-@pytest.mark.skipif(not backends.installed("openvino"), reason="openvino is not installed")
-def test_cli_backend_option(tiny_model, tiny_data, tmp_path):
-    from livertumor.io import read_label
-
-    outputs = {}
-    for backend in ("torch", "openvino"):
-        done = run(
-            "segment", tiny_data / "volume-2.nii", "-o", tmp_path / backend, "--model", tiny_model, "--backend", backend
-        )
-        assert done.returncode == 0, done.stderr
-        outputs[backend] = read_label(tmp_path / backend / "volume-2_seg.nii.gz").array
-    np.testing.assert_array_equal(outputs["openvino"], outputs["torch"])
-    refused = run("segment", tiny_data / "volume-2.nii", "-o", tmp_path / "x", "--backend", "tensorrt")
-    assert refused.returncode == 2 and "invalid choice: 'tensorrt'" in refused.stderr

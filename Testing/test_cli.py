@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import platform
 import subprocess
@@ -60,3 +61,22 @@ def test_command_processes_keep_freed_memory_for_reuse():
     # In a child process: the setting is process-wide and belongs to the command's own processes.
     code = "from livertumor.memory import keep_freed_memory; raise SystemExit(0 if keep_freed_memory() else 1)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
+def test_cli_backend_option(tiny_model, tiny_data, tmp_path):
+    """Runs before any test loads a compiled runtime into this process (see conftest)."""
+    import numpy as np
+
+    from livertumor.io import read_label
+
+    outputs = {}
+    for backend in ("torch", "openvino"):
+        done = run(
+            "segment", tiny_data / "volume-2.nii", "-o", tmp_path / backend, "--model", tiny_model, "--backend", backend
+        )
+        assert done.returncode == 0, done.stderr
+        outputs[backend] = read_label(tmp_path / backend / "volume-2_seg.nii.gz").array
+    np.testing.assert_array_equal(outputs["openvino"], outputs["torch"])
+    refused = run("segment", tiny_data / "volume-2.nii", "-o", tmp_path / "x", "--backend", "tensorrt")
+    assert refused.returncode == 2 and "invalid choice: 'tensorrt'" in refused.stderr

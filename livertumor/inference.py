@@ -156,14 +156,17 @@ def segment(
     progress: Progress | None = None,
     tumour_in_liver: bool | None = None,
     min_lesion_mm: float = 0.0,
-    backend: str = "auto",
+    backend: str = "torch",
     window: tuple[int, int, int] | None = None,
 ) -> Segmentation:
     """Segment liver tumours in a CT: preprocessing from the model's card, sliding window, back onto the
     CT's grid. ``model`` is a registry name, a model folder, or None for the default model.
 
-    ``backend`` (:mod:`livertumor.backends`): ``torch``, ``openvino``, ``onnxruntime`` or ``auto`` (OpenVINO on
-    the CPU where installed, else PyTorch); the compiled ones give the same labels up to float rounding.
+    ``backend`` (:mod:`livertumor.backends`): ``torch`` (default here), ``openvino``, ``onnxruntime`` or
+    ``auto`` (OpenVINO on the CPU where installed, else PyTorch; the ``livertumor`` command's default);
+    the compiled ones give the same labels up to float rounding. In-process calls default to PyTorch:
+    a compiled runtime's thread pools then live in the caller's process (Slicer, a notebook that also
+    trains), where the test suite saw a later training crash; the command runs in its own process.
     ``window``: the sliding window (z, y, x voxels of the model's grid; multiples of the network's
     poolings) instead of the card's training block: a speed/accuracy choice, measured in
     ``benchmarks/windows.py`` (instance norm makes results depend on the window).

@@ -119,7 +119,7 @@ def classify_lesions(
     device: str = "auto",
     progress: Progress | None = None,
     min_lesion_mm: float = 0.0,
-    backend: str = "auto",
+    backend: str = "torch",
 ) -> list[LesionClassification]:
     """Classify every lesion of ``lesions`` (a mask, or a 0/1/2 label map whose 2 is tumour) on the CT
     ``image``'s grid as cyst, hemangioma or metastasis. ``model``: a lesion model (registry name or
