@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader
 
 from livertumor.data import Augmentation, CurriculumSamples, prepare_case, tumour_patch_size
 from livertumor.datasets import find_cases
-from livertumor.errors import DatasetError
+from livertumor.errors import DatasetError, LiverTumorError
 from livertumor.preprocess import PreprocessConfig
-from livertumor.training import SCHEMAS, TrainConfig, Trainer, train_model, worker_context
+from livertumor.training import SCHEMAS, TrainConfig, Trainer, scheduled_rate, train_model, worker_context
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +121,22 @@ def test_schemas_and_learning_rate_decay():
     assert set(SCHEMAS) == {"three-stage", "whole-to-patch", "patch-to-whole", "naive", "cascade"}
     with pytest.raises(ValueError, match="unknown schema"):
         TrainConfig(schema="curriculum")
+
+
+def test_poly_schedule_anneals_each_stage_and_step_keeps_it_constant():
+    progress = np.linspace(0.0, 0.99, 12)
+    poly = [scheduled_rate(1e-3, "poly", t) for t in progress]
+    assert poly[0] == pytest.approx(1e-3) and poly[-1] < 2e-5 and np.all(np.diff(poly) < 0)
+    assert {scheduled_rate(1e-3, "step", t) for t in progress} == {1e-3}
+    with pytest.raises(LiverTumorError, match="unknown lr_schedule"):
+        TrainConfig(lr_schedule="cosine")
+
+
+def test_poly_run_logs_falling_rates_within_each_stage(prepared, tmp_path):
+    history = tiny_trainer(prepared, tmp_path, lr_schedule="poly", stage_epochs=[2, 2, 2], stage_decay=1.0).run()
+    rates = [row["lr"] for row in history]
+    assert all(rates[i + 1] < rates[i] for i in (0, 2, 4)), rates  # two epochs per stage, both annealing
+    assert rates[2] > rates[1]  # a new stage starts again from its own rate
 
 
 def tiny_trainer(prepared, work, **changes):

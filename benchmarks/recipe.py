@@ -1,7 +1,8 @@
 """Diagnosis of the training recipe: one network, one data set, one budget, recipes that differ in one thing.
 
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--stages 6 2 3]
-        [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--markdown docs/results/recipe.md]
+        [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL]
+        [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
 three-stage schema, widths 4-64, background/liver/tumour, 2.5 mm, 32x64x64 blocks) and the same seed, and
@@ -17,7 +18,12 @@ Variants:
 * ``dice-ce-tumour-half``: Dice + CE, x0.5 decay, half the whole-volume blocks drawn around a tumour
   (foreground oversampling);
 * ``paper-tumour-half``: the paper's loss with x0.5 decay and the same oversampling;
-* ``paper-slow-decay``: the paper's loss with x0.5 decay per stage.
+* ``paper-slow-decay``: the paper's loss with x0.5 decay per stage;
+* ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
+  5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
+  continue a trained model.
+
+``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pathlib import Path
 
 from livertumor.datasets import find_cases
 from livertumor.memory import keep_freed_memory
+from livertumor.models import load_model
 from livertumor.phantom import write_phantom_dataset
 from livertumor.plotting import pyplot, save_figure
 from livertumor.training import TrainConfig, train_model
@@ -43,6 +50,13 @@ VARIANTS = {
     "dice-ce-tumour-half": {"loss": "dice-ce", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-tumour-half": {"loss": "weighted-dice", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
+    "continue-poly": {
+        "schema": "naive",
+        "loss": "weighted-dice",
+        "learning_rate": 5e-4,
+        "lr_schedule": "poly",
+        "tumour_fraction": 0.25,
+    },
 }
 
 
@@ -51,9 +65,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train-cases", type=int, default=12)
     parser.add_argument("--validation-cases", type=int, default=3)
-    parser.add_argument("--stages", type=int, nargs=3, default=[6, 2, 3])
+    parser.add_argument("--stages", type=int, nargs="+", default=[6, 2, 3], help="epochs per stage of the schema")
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--init", help="start from this trained model's weights")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()
@@ -64,12 +79,17 @@ def main() -> None:
     train, validation = find_cases(train_dir), find_cases(validation_dir)
     base = TrainConfig.from_json(json.loads(SETTINGS.read_text()))
     base = replace(base, stage_epochs=tuple(args.stages), iterations_per_epoch=args.iterations)
+    initial, parent = None, None
+    if args.init:
+        trained = load_model(args.init)
+        initial = {role: network.state_dict() for role, network in trained.networks.items()}
+        parent = f"{trained.card.name}:{trained.card.version}"
     curves, rows = {}, []
     for name in args.variants:
         config = replace(base, **VARIANTS[name])
         model, work = args.out / f"model-{name}", args.out / f"work-{name}"
         if not model.exists():  # a finished variant is read back from its log, not trained again
-            train_model(train, validation, config, model, name=name, work_dir=work)
+            train_model(train, validation, config, model, name=name, work_dir=work, initial=initial, parent=parent)
         with open(next(work.glob("*-log.csv")), newline="") as handle:
             history = [
                 {k: float(v) if v not in ("", "whole", "patch") else v for k, v in row.items()}
@@ -101,6 +121,7 @@ def main() -> None:
             f"python benchmarks/recipe.py --out {args.out} --train-cases {args.train_cases} --validation-cases "
             f"{args.validation_cases} --stages {' '.join(map(str, args.stages))} --iterations {args.iterations} "
             f"--variants {' '.join(args.variants)} --markdown {args.markdown}"
+            + (f" --init {args.init}" if args.init else "")
         )
         args.markdown.write_text(
             f"# Training recipe diagnosis\n\nCommand: `{command}`\n\n{text}\n\n![curves](recipe-curves.png)\n"

@@ -63,6 +63,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 
 Event = Callable[[dict], None]
 
+LR_SCHEDULES = ("step", "poly")
+
+
+def scheduled_rate(stage_rate: float, schedule: str, stage_progress: float) -> float:
+    """The learning rate at ``stage_progress`` (0 at a stage's first step, < 1 at its last) of a stage whose
+    rate is ``stage_rate``: constant for ``step``, ``stage_rate * (1 - progress)^0.9`` for ``poly``."""
+    if schedule == "poly":
+        return stage_rate * (1.0 - stage_progress) ** 0.9
+    return stage_rate
+
 
 @dataclass
 class TrainConfig:
@@ -78,6 +88,9 @@ class TrainConfig:
     patch_batch: int = 2
     learning_rate: float = 1e-3
     stage_decay: float = 0.1
+    #: ``step``: each stage at its constant rate (the paper); ``poly``: within each stage the rate falls
+    #: as (1 - t)^0.9 (nnU-Net's schedule), so a stage ends annealed instead of at its noisiest.
+    lr_schedule: str = "step"
     positive_fraction: float = 0.5
     region_fraction: float = 0.5
     #: Share of whole-volume blocks drawn around a tumour (0: the paper's sub-images only).
@@ -101,6 +114,8 @@ class TrainConfig:
             raise LiverTumorError(f"unknown schema {self.schema!r}; choose one of {', '.join(SCHEMAS)}")
         if self.loss not in LOSSES:
             raise LiverTumorError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise LiverTumorError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
 
     def stage_plan(self) -> list[tuple[str, int, float]]:
         """``(kind, epochs, learning rate)`` per stage."""
@@ -326,8 +341,6 @@ class Trainer:
         for stage, (kind, epochs, learning_rate) in enumerate(plan):
             if stage < progress["stage"]:
                 continue
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate
             dataset, loader = self._loader(stage, kind)
             for epoch in range(progress["epoch"], epochs):
                 started = time.perf_counter()
@@ -335,6 +348,11 @@ class Trainer:
                 network.train()
                 losses = []
                 for iteration, (image, target) in enumerate(loader):
+                    rate = scheduled_rate(
+                        learning_rate, self.config.lr_schedule, (epoch + iteration / len(loader)) / epochs
+                    )
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = rate
                     image, target = image.to(self.device), target.to(self.device)
                     loss = LOSSES[self.config.loss](network(image), target, self.config.loss_eps)
                     self.optimizer.zero_grad(set_to_none=True)
@@ -362,7 +380,7 @@ class Trainer:
                     "stage": stage + 1,
                     "kind": kind,
                     "epoch": epoch + 1,
-                    "lr": learning_rate,
+                    "lr": self.optimizer.param_groups[0]["lr"],
                     "loss": float(np.mean(losses)) if losses else float("nan"),
                     "seconds": round(time.perf_counter() - started, 2),
                     **validation,
