@@ -80,6 +80,8 @@ def progress_events(progress: Progress | None) -> Callable[[dict], None]:
                 fraction,
                 f"stage {event['stage'] + 1} ({event['kind']}), epoch {event['epoch'] + 1}, ~{minutes} min left",
             )
+        elif event.get("event") == "validation-plan":
+            progress(0.0, f"validation: {event['note']}")
         elif event.get("event") == "epoch":
             dice = event.get("dg")
             progress(

@@ -295,6 +295,8 @@ def _training_event_printer(reporter: Reporter):
                 + (f", {_duration(last_eta['s'])} left" if "s" in last_eta else ""),
                 file=sys.stderr,
             )
+        elif event["event"] == "validation-plan":
+            print(f"validation: {event['note']}", file=sys.stderr)
         elif event["event"] in ("resumed", "saved", "preparing"):
             print(json.dumps(event, default=str), file=sys.stderr)
 
@@ -371,6 +373,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
             workers=args.workers,
             on_event=_training_event_printer(reporter),
             restart=args.restart,
+            preset=args.preset,
         )
     finally:
         reporter.close()
@@ -876,6 +879,13 @@ def build_parser() -> argparse.ArgumentParser:
     training_options(finetune)
     finetune.add_argument("--model", help="model name, name:version or folder to start from (default: the demo model)")
     finetune.add_argument("--out", type=Path, help="new model folder (default: the user's model folder)")
+    finetune.add_argument(
+        "--preset",
+        choices=("quick", "full"),
+        default="quick",
+        help="quick (default): 320 steps at 1e-4, blocks around the lesions and the liver, minutes on a CPU; "
+        "full: the parent model's own training budget",
+    )
     finetune.set_defaults(run=cmd_finetune)
 
     segment = commands.add_parser(

@@ -3,22 +3,42 @@ from the model's weights, saved as a new version beside it (the model itself is 
 
 from __future__ import annotations
 
+import math
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from .datasets import Case
 from .errors import DatasetError, LiverTumorError
-from .io import read_ct, read_label
+from .io import read_ct, read_label, write_volume
 from .models import load_model, next_version, user_models_dir
 from .training import Event, TrainConfig, config_with, split_cases, train_model
 
-#: Fine-tuning's default curriculum: 8 epochs of 40 steps (4 + 1 + 3 over the three stages; 320 steps, a
-#: few minutes on 2 CPU cores for the demo network) at a tenth of the usual starting rate, so the parent's
-#: features are adapted, not relearnt. ``--epochs`` / ``--iterations`` override it.
-QUICK = {"epochs": 8, "iterations_per_epoch": 40, "learning_rate": 1e-4, "stage_decay": 0.5}
-QUICK_STAGE_EPOCHS = (4, 1, 3)
+#: Fine-tuning presets. ``quick`` adapts a trained model in minutes on 2 CPU cores (demo network, 1-5
+#: real-size cases): 8 epochs of 40 steps (4 + 1 + 3 over the three stages) at a tenth of the usual
+#: starting rate, so the parent's features are adapted, not relearnt; half the whole-volume blocks are
+#: drawn around the corrected lesions and every block keeps the liver in view. ``full`` repeats the
+#: parent's own training budget and sampling. ``--epochs`` / ``--iterations`` override either.
+PRESETS: dict[str, dict] = {
+    "quick": {
+        "epochs": 8,
+        "stage_epochs": (4, 1, 3),
+        "iterations_per_epoch": 40,
+        "learning_rate": 1e-4,
+        "stage_decay": 0.5,
+        "tumour_fraction": 0.5,
+        "region_fraction": 1.0,
+    },
+    "full": {},
+}
+
+#: Share of each case's labelled slices held out for validation when there are too few cases (< 3) to
+#: hold out whole ones.
+HELD_OUT_FRACTION = 0.25
 
 
 def check_cases(cases: Sequence[Case]) -> list[str]:
@@ -40,6 +60,52 @@ def check_cases(cases: Sequence[Case]) -> list[str]:
     return problems
 
 
+def held_out_part(case: Case, folder: Path, fraction: float = HELD_OUT_FRACTION) -> tuple[Case, Case | None, str]:
+    """Split one case along its slices into a training part and a held-out validation part (files in
+    ``folder``, kept if already there so an interrupted run resumes on the same files).
+
+    The held-out part is the upper or lower ``fraction`` of the labelled slices, cut at a slice without
+    tumour nearest that share; the end is chosen so that both parts hold tumour where possible, and always
+    so that the training part does. Returns the two cases (None when no slab leaves tumour to train on)
+    and a sentence saying what the validation measures.
+    """
+    ct = read_ct(case.image)
+    label = read_label(case.label, reference=ct.grid)
+    tumour = (label.array == 2).any(axis=(1, 2))
+    labelled = np.flatnonzero((label.array > 0).any(axis=(1, 2)))
+    first, last = (int(labelled[0]), int(labelled[-1])) if labelled.size else (0, ct.shape[0] - 1)
+    length = max(1, math.ceil(fraction * (last - first + 1)))
+    free = np.flatnonzero(~tumour)
+    depth, options = ct.shape[0], []
+    for held_upper in (True, False):
+        target = last + 1 - length if held_upper else first + length
+        cut = int(free[np.argmin(np.abs(free - target))]) if free.size else target
+        cut = min(max(cut, 1), depth - 1)
+        ranges = (
+            {"train": (0, cut), "held-out": (cut, depth)}
+            if held_upper
+            else {"train": (cut, depth), "held-out": (0, cut)}
+        )
+        has = {role: bool(tumour[start:stop].any()) for role, (start, stop) in ranges.items()}
+        options.append((has["train"], has["held-out"], held_upper, ranges))
+    train_has, held_has, _, ranges = max(options, key=lambda option: option[:3])
+    if not train_has:
+        return case, None, f"{case.name}: no slab can be held out without taking all its tumour; not validated"
+    parts = {}
+    for role, (start, stop) in ranges.items():
+        stem = folder / f"{case.name}-{role}"
+        image, mask = stem.with_name(stem.name + ".nrrd"), stem.with_name(stem.name + "_seg.nrrd")
+        if not (image.is_file() and mask.is_file()):
+            window = ((start, 0, 0), (stop, *ct.shape[1:]))
+            write_volume(ct.crop(*window), image)
+            write_volume(label.crop(*window), mask)
+        parts[role] = Case(f"{case.name}-{role}", image, mask)
+    what = "tumour Dice and false positives" if held_has else "false positives only (no tumour there)"
+    start, stop = ranges["held-out"]
+    where = f"slices {start}-{stop - 1}"
+    return parts["train"], parts["held-out"], f"{case.name}: validated on held-out {where}, {what}"
+
+
 def finetune(
     model: str | os.PathLike | None,
     cases: Sequence[Case],
@@ -52,14 +118,19 @@ def finetune(
     workers: int | None = None,
     on_event: Event | None = None,
     restart: bool = False,
+    preset: str = "quick",
 ) -> Path:
     """Fine-tune ``model`` (None: the default model) on ``cases`` with the three-stage curriculum; returns
     the new model's folder.
 
-    Architecture and preprocessing come from the model's card (one source of truth); the new card names
-    its parent and holds the validation metrics before and after. A work folder left by another run is
+    Architecture and preprocessing come from the model's card (one source of truth); ``preset`` (see
+    :data:`PRESETS`) sets the budget. The new card names its parent and holds the validation metrics
+    before and after; with fewer than three cases a part of each case is held out for them
+    (:func:`held_out_part`), and the card says what was validated. A work folder left by another run is
     refused unless ``restart`` (see :func:`~livertumor.training.train_model`).
     """
+    if preset not in PRESETS:
+        raise LiverTumorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     problems = check_cases(cases)
     if problems:
         raise DatasetError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(problems))
@@ -73,15 +144,33 @@ def finetune(
         preprocess=card.preprocess,
         schema="cascade" if card.schema == "cascade" else "three-stage",
     )
-    # Adapting a trained model takes a short curriculum at a lower rate, not the parent's whole budget
-    # (52 epochs x 120 steps for the demo model, over an hour on 2 cores).
-    config = replace(config, **QUICK, stage_epochs=QUICK_STAGE_EPOCHS if config.schema == "three-stage" else None)
+    config = replace(config, **PRESETS[preset])
+    if config.schema != "three-stage" and preset == "quick":
+        config = replace(config, stage_epochs=None)
     config = config_with(config, iterations_per_epoch=iterations, seed=seed, device=device, workers=workers)
     if epochs is not None:
         config = replace(config, epochs=epochs, stage_epochs=None)
     version = next_version(card.name, card.version)
     out = Path(out) if out else user_models_dir() / f"{card.name}-{version}"
     train, validation = split_cases(cases, validation_fraction, config.seed)
+    if validation_fraction == 0:
+        notes = ["no validation: validation fraction 0"]
+    elif validation:
+        notes = [f"validated on {len(validation)} held-out cases"]
+    else:  # too few cases to hold whole ones out: a slab of each
+        folder = out.with_name(out.name + ".work") / "held-out"
+        if restart:  # the parts of an earlier run may come from other versions of the cases
+            shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        train, validation, notes = [], [], []
+        for case in cases:
+            part, held_out, note = held_out_part(case, folder)
+            train.append(part)
+            validation += [held_out] if held_out else []
+            notes.append(note)
+    note = "; ".join(notes)
+    if on_event:
+        on_event({"event": "validation-plan", "note": note})
     initial = {role: network.state_dict() for role, network in parent.networks.items()}
     result = train_model(
         train,
@@ -94,5 +183,6 @@ def finetune(
         parent=f"{card.name}:{card.version}",
         on_event=on_event,
         restart=restart,
+        validation_note=note,
     )
     return result.model_dir

@@ -561,12 +561,14 @@ def train_model(
     parent: str | None = None,
     on_event: Event | None = None,
     restart: bool = False,
+    validation_note: str | None = None,
 ) -> TrainResult:
     """Prepare the cases, train every network of the schema, save the model folder ``out``.
 
     ``work_dir`` holds checkpoints and logs (default ``out`` + ``.work``); running the same run again
     (same data, settings, seed and parent) resumes; another run's checkpoints there are refused unless
     ``restart`` discards them. ``initial`` maps network roles to starting weights (fine-tuning).
+    ``validation_note`` says in the card what the validation measured (e.g. a held-out part of a case).
     """
     out = Path(out)
     if config.schema == "cascade" and config.architecture.classes != 2:
@@ -632,6 +634,7 @@ def train_model(
                 tumour_patch_size(train_prepared, config.architecture.divisor, config.preprocess.block)
             ),
             "settings": config.to_json(),
+            **({"validation_note": validation_note} if validation_note else {}),
         },
         validation=validation_metrics.get("tumour", {}),
         validation_before=before.get("tumour", {}),

@@ -169,10 +169,11 @@ class LiverTumorCurriculumLogic(SceneLogic):
         iterations: int | None = None,
         device: str = "auto",
         progress: Progress | None = None,
+        preset: str = "quick",
     ) -> Job:
-        """Start fine-tuning ``model`` (default: the shipped demo model) on scene cases or a folder; the
-        job's result is the new model folder. Scene cases are checked first and every problem is raised
-        together."""
+        """Start fine-tuning ``model`` (default: the shipped demo model) on scene cases or a folder with
+        ``preset`` (``quick``: minutes on a CPU; ``full``: the model's own budget); the job's result is the
+        new model folder. Scene cases are checked first and every problem is raised together."""
         from livertumor.io import write_volume
 
         workdir = Path(tempfile.mkdtemp(prefix="livertumor-finetune-"))
@@ -189,7 +190,7 @@ class LiverTumorCurriculumLogic(SceneLogic):
                 stem = f"{number:03d}-" + "".join(c if c.isalnum() or c in "-." else "_" for c in name)
                 write_volume(ct, data / f"{stem}.nrrd")
                 write_volume(ct.with_array(label), data / f"{stem}_seg.nrrd")
-        arguments = ["finetune", "--data", data, "--progress", "json", "--device", device]
+        arguments = ["finetune", "--data", data, "--progress", "json", "--device", device, "--preset", preset]
         arguments += (["--model", model] if model else []) + (["--out", out] if out else [])
         arguments += (["--epochs", epochs] if epochs else []) + (["--iterations", iterations] if iterations else [])
         process = LibraryProcess(arguments, progress_events(progress), self.python).start()
