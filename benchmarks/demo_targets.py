@@ -8,6 +8,11 @@ equivalent-sphere diameter); false-positive tumour < 5 mL per lesion-free phanto
 on ``example_ct_sm`` liver Dice ≥ 0.85 against its organ map (label 5) and < 5 mL of tumour. Each model
 runs as ``livertumor.segment`` does (its card's post-processing), and once more with the tumour kept to
 the largest liver component (``--tumour-in-liver``), so the card's setting is a measured choice.
+
+A second Dice global leaves out the native-phase (unenhanced) phantoms: there a hemangioma follows the
+blood pool, about 5 HU below the liver (42 against 47 HU, calibrated on the real non-contrast scan) under
+12 HU of noise, so it is close to invisible, as on a real unenhanced CT; LiTS and the paper's data are
+contrast-enhanced.
 """
 
 from __future__ import annotations
@@ -28,12 +33,13 @@ LESION_FREE_EVERY = 5
 
 def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in_liver: bool | None) -> dict:
     """The targets' figures for one model and post-processing choice."""
-    stats, large, small, false_ml, liver = [], [0, 0], [0, 0], [], []
+    stats, large, small, false_ml, liver, enhanced = [], [0, 0], [0, 0], [], [], []
     for phantom in phantoms:
         labels = segment(phantom.ct, model=model, device="cpu", tumour_in_liver=tumour_in_liver).labels.array
         truth = phantom.label.array
         case = evaluate_pair(labels, truth, phantom.ct.grid.spacing_zyx, "case")
         stats.append(case.stats)
+        enhanced += [case.stats] if phantom.phase != "native" else []
         liver.append(dice(labels >= 1, truth >= 1))
         if not (truth == 2).any():
             false_ml.append(float((labels == 2).sum()) * phantom.ct.grid.voxel_volume_ml)
@@ -44,6 +50,7 @@ def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in
     real = segment(real_ct, model=model, device="cpu", tumour_in_liver=tumour_in_liver).labels.array
     return {
         "dg": dice_global(stats),
+        "dg_enhanced": dice_global(enhanced),
         "recall_10": large[0] / large[1] if large[1] else float("nan"),
         "recall_small": small[0] / small[1] if small[1] else float("nan"),
         "lesions": f"{large[1]} + {small[1]}",
@@ -68,18 +75,18 @@ def main() -> None:
     real_ct = read_ct(REAL / "example_ct_sm.nii.gz")
     real_liver = read_image(REAL / "example_ct_sm_totalseg.nii.gz").array == 5
     lines = [
-        "| model | post-processing | tumour DG | recall ≥ 10 mm | recall < 10 mm | lesions (≥10 + <10) | "
-        "worst FP mL, lesion-free | liver DC | real CT liver DC | real CT tumour mL |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-        "| **target** | | ≥ 0.75 | ≥ 0.9 | ≥ 0.5 | | < 5 | ≥ 0.95 | ≥ 0.85 | < 5 |",
+        "| model | post-processing | tumour DG | DG, contrast phases | recall ≥ 10 mm | recall < 10 mm | "
+        "lesions (≥10 + <10) | worst FP mL, lesion-free | liver DC | real CT liver DC | real CT tumour mL |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| **target** | | ≥ 0.75 | | ≥ 0.9 | ≥ 0.5 | | < 5 | ≥ 0.95 | ≥ 0.85 | < 5 |",
     ]
     for model in args.models:
         for label, choice in (("as its card says", None), ("tumour in liver", True)):
             r = score(model, phantoms, real_ct, real_liver, choice)
             lines.append(
-                f"| {model} | {label} | {r['dg']:.2f} | {r['recall_10']:.2f} | {r['recall_small']:.2f} | "
-                f"{r['lesions']} | {r['fp_ml']:.1f} | {r['liver_dc']:.3f} | {r['real_liver_dc']:.3f} | "
-                f"{r['real_tumour_ml']:.1f} |"
+                f"| {model} | {label} | {r['dg']:.2f} | {r['dg_enhanced']:.2f} | {r['recall_10']:.2f} | "
+                f"{r['recall_small']:.2f} | {r['lesions']} | {r['fp_ml']:.1f} | {r['liver_dc']:.3f} | "
+                f"{r['real_liver_dc']:.3f} | {r['real_tumour_ml']:.1f} |"
             )
             print(lines[-1], flush=True)
     text = "\n".join(lines)

@@ -405,7 +405,7 @@ class Trainer:
         """Whole-volume sliding-window inference on the validation cases, on the network's grid."""
         if not self.validation_cases:
             return {}
-        stats, rows, small_found, small_total = [], [], 0, 0
+        stats, rows, small_found, small_total, free_ml, has_tumour = [], [], 0, 0, 0.0, False
         for case in self.validation_cases:
             probabilities = sliding_window(
                 self.model,
@@ -422,6 +422,9 @@ class Trainer:
             prediction = classes == foreground_channel(self.task)
             truth = case.scored(self.task)
             spacing = case.grid.spacing_zyx
+            has_tumour = has_tumour or bool(truth.any())
+            if not truth.any():
+                free_ml += float(prediction.sum()) * float(np.prod(spacing)) / 1000.0
             stats.append(mask_stats(prediction, truth, spacing))
             rows.append(metrics_from_stats(stats[-1]))
             report = lesion_detection(prediction, truth, spacing).summary()
@@ -429,9 +432,12 @@ class Trainer:
             small_found += round((report["recall_<10mm"] or 0) * report["lesions_<10mm"])
         self.model.train()
         means = mean_metrics(rows)
+        # Without any tumour to find, Dice is no score to pick weights by (every epoch ties): the false
+        # positives are reported, and the run keeps its last weights.
         return {
             "dc": means["dc"],
-            "dg": dice_global(stats),
+            "dg": dice_global(stats) if has_tumour else None,
+            "false_positive_ml_tumour_free": free_ml,
             "voe": means["voe"],
             "rvd": means["rvd"],
             "assd": means["assd"],
@@ -610,7 +616,10 @@ def train_model(
         before[role] = trainer.before
         weights[role] = trainer.best_weights()
         scored = [row for row in histories[role] if row.get("dg") is not None]
-        validation_metrics[role] = max(scored, key=lambda row: row["dg"]) if scored else {}
+        validated = [row for row in histories[role] if "dc" in row]
+        validation_metrics[role] = (
+            max(scored, key=lambda row: row["dg"]) if scored else (validated[-1] if validated else {})
+        )
     if not distributed.main:
         return TrainResult(None, histories.get("tumour", []), validation_metrics.get("tumour", {}))
     networks = {}
