@@ -74,3 +74,22 @@ def test_finetune_one_case_validates_on_its_held_out_part(tiny_model, tumour_cas
     unknown = run("finetune", "--model", tiny_model, "--data", data, "--preset", "slow", "--out", tmp_path / "x")
     assert unknown.returncode == 2 and "invalid choice: 'slow'" in unknown.stderr
     assert json.loads((tmp_path / "m" / "card.json").read_text())["parent"] == "tiny:1"
+
+
+def test_finetuned_demo_model_keeps_its_post_processing(tumour_case, tmp_path):
+    """The parent's card decides tumour-in-liver post-processing; its fine-tuned version must keep it (in
+    validation and in the new card), or the user's new model marks tumour outside the liver."""
+    from livertumor.models import load_model
+
+    parent = load_model(None).card
+    assert parent.tumour_in_liver
+    data = tmp_path / "one"
+    data.mkdir()
+    shutil.copy(tumour_case.image, data / "case.nii")
+    shutil.copy(tumour_case.label, data / "case_seg.nii")
+    options = ["--epochs", 1, "--iterations", 1, "--workers", 0, "--device", "cpu", "--out", tmp_path / "m"]
+    result = run("finetune", "--data", data, *options)
+    assert result.returncode == 0, result.stderr
+    card = read_card(tmp_path / "m")
+    assert card.tumour_in_liver and card.training_data["settings"]["tumour_in_liver"]
+    assert card.parent == f"{parent.name}:{parent.version}" and card.version == f"{parent.version}.1"

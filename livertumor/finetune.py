@@ -143,6 +143,7 @@ def finetune(
         architecture=card.architecture,
         preprocess=card.preprocess,
         schema="cascade" if card.schema == "cascade" else "three-stage",
+        tumour_in_liver=card.tumour_in_liver,  # the parent's post-processing, in validation and the new card
     )
     config = replace(config, **PRESETS[preset])
     if config.schema != "three-stage" and preset == "quick":
