@@ -92,4 +92,6 @@ def test_finetuned_demo_model_keeps_its_post_processing(tumour_case, tmp_path):
     assert result.returncode == 0, result.stderr
     card = read_card(tmp_path / "m")
     assert card.tumour_in_liver and card.training_data["settings"]["tumour_in_liver"]
+    # the quick preset's own schedule, not the poly one the demo model's last run used
+    assert card.training_data["settings"]["lr_schedule"] == "step"
     assert card.parent == f"{parent.name}:{parent.version}" and card.version == f"{parent.version}.1"

@@ -31,6 +31,11 @@ from livertumor.phantom import make_phantom
 LESION_FREE_EVERY = 5
 
 
+def unseen_phantoms(seed: int, cases: int) -> list:
+    """``cases`` phantoms from ``seed`` on (no training run here used these seeds), every 5th lesion-free."""
+    return [make_phantom(seed + n, lesion_count=0 if (n + 1) % LESION_FREE_EVERY == 0 else None) for n in range(cases)]
+
+
 def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in_liver: bool | None) -> dict:
     """The targets' figures for one model and post-processing choice."""
     stats, large, small, false_ml, liver, enhanced = [], [0, 0], [0, 0], [], [], []
@@ -68,10 +73,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=900, help="first phantom seed (training used 500+ and 600+)")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
-    phantoms = [
-        make_phantom(args.seed + n, lesion_count=0 if (n + 1) % LESION_FREE_EVERY == 0 else None)
-        for n in range(args.cases)
-    ]
+    phantoms = unseen_phantoms(args.seed, args.cases)
     real_ct = read_ct(REAL / "example_ct_sm.nii.gz")
     real_liver = read_image(REAL / "example_ct_sm_totalseg.nii.gz").array == 5
     lines = [

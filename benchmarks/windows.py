@@ -16,14 +16,12 @@ import argparse
 import time
 
 import numpy as np
-from recipe_evaluate import dice  # the benchmarks folder is the script's path
+from demo_targets import unseen_phantoms  # the benchmarks folder is the script's path
+from recipe_evaluate import dice
 
 from livertumor import backends
 from livertumor.inference import segment
 from livertumor.metrics import dice_global, evaluate_pair
-from livertumor.phantom import make_phantom
-
-LESION_FREE_EVERY = 5
 
 
 def window_size(text: str) -> tuple[int, int, int]:
@@ -40,7 +38,7 @@ def main() -> None:
     parser.add_argument("--overlaps", nargs="+", type=float, default=[0.0, 0.25, 0.5])
     parser.add_argument("--backends", nargs="+", default=[b for b in ("torch", "openvino") if backends.installed(b)])
     args = parser.parse_args()
-    phantoms = [make_phantom(args.seed + i, lesion_free=(i + 1) % LESION_FREE_EVERY == 0) for i in range(args.cases)]
+    phantoms = unseen_phantoms(args.seed, args.cases)
     for phantom in phantoms[:1]:  # compiled graphs built and cached before timing
         for backend in args.backends:
             for window in args.windows:

@@ -30,6 +30,7 @@ PRESETS: dict[str, dict] = {
         "iterations_per_epoch": 40,
         "learning_rate": 1e-4,
         "stage_decay": 0.5,
+        "lr_schedule": "step",  # whatever the parent's last run used: the budget above is for constant rates
         "tumour_fraction": 0.5,
         "region_fraction": 1.0,
     },
