@@ -71,6 +71,8 @@ def held_out_part(case: Case, folder: Path, fraction: float = HELD_OUT_FRACTION)
     and a sentence saying what the validation measures.
     """
     ct = read_ct(case.image)
+    if ct.shape[0] < 2:
+        return case, None, f"{case.name}: one slice, nothing to hold out; not validated"
     label = read_label(case.label, reference=ct.grid)
     tumour = (label.array == 2).any(axis=(1, 2))
     labelled = np.flatnonzero((label.array > 0).any(axis=(1, 2)))
