@@ -139,6 +139,18 @@ def test_poly_run_logs_falling_rates_within_each_stage(prepared, tmp_path):
     assert rates[2] > rates[1]  # a new stage starts again from its own rate
 
 
+def test_validation_without_tumour_reports_false_positives_and_keeps_the_last_weights(prepared, tmp_path):
+    lesion_free = [case for case in prepared if not (case.label == 2).any()]
+    assert lesion_free, "the tiny data set holds a lesion-free case"
+    config = TrainConfig.from_json({**TINY_SETTINGS, "stage_epochs": [1, 1, 1]})
+    trainer = Trainer(config, prepared[:3], lesion_free, tmp_path)
+    history = trainer.run()
+    assert all(row["dg"] is None and row["false_positive_ml_tumour_free"] >= 0.0 for row in history)
+    assert not trainer.best_path.exists()  # no epoch "wins" a Dice that ties at nothing
+    last = {k[len("model.") :]: v for k, v in load_file(str(trainer.last_path)).items() if k.startswith("model.")}
+    assert all(torch.equal(last[k], v) for k, v in trainer.best_weights().items())
+
+
 def tiny_trainer(prepared, work, **changes):
     config = TrainConfig.from_json({**TINY_SETTINGS, **changes})
     return Trainer(config, prepared[:3], prepared[3:4], work)

@@ -422,9 +422,10 @@ class Trainer:
             prediction = classes == foreground_channel(self.task)
             truth = case.scored(self.task)
             spacing = case.grid.spacing_zyx
-            has_tumour = has_tumour or bool(truth.any())
-            if not truth.any():
-                free_ml += float(prediction.sum()) * float(np.prod(spacing)) / 1000.0
+            if truth.any():
+                has_tumour = True
+            else:
+                free_ml += float(prediction.sum()) * case.grid.voxel_volume_ml
             stats.append(mask_stats(prediction, truth, spacing))
             rows.append(metrics_from_stats(stats[-1]))
             report = lesion_detection(prediction, truth, spacing).summary()
