@@ -21,7 +21,9 @@ Variants:
 * ``paper-slow-decay``: the paper's loss with x0.5 decay per stage;
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
-  continue a trained model.
+  continue a trained model;
+* ``continue-poly-tumour-half``: the same from 2.5e-4 with half the blocks around a tumour (for the large
+  lesions a continued model still misses).
 
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder).
 """
@@ -56,6 +58,13 @@ VARIANTS = {
         "learning_rate": 5e-4,
         "lr_schedule": "poly",
         "tumour_fraction": 0.25,
+    },
+    "continue-poly-tumour-half": {
+        "schema": "naive",
+        "loss": "weighted-dice",
+        "learning_rate": 2.5e-4,
+        "lr_schedule": "poly",
+        "tumour_fraction": 0.5,
     },
 }
 
