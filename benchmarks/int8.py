@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 from demo_targets import unseen_phantoms  # the benchmarks folder is the script's path
+from inference import dice  # 1 when both masks are empty: two runs that agree on "nothing here"
 
 from livertumor.backends import GraphForward
 from livertumor.inference import drop_tumour_outside_liver, sliding_window
@@ -25,12 +26,6 @@ from livertumor.models import load_model
 from livertumor.preprocess import extract_block, prepare_ct, resample_label, sub_image_starts
 
 GATE_DICE = 0.99
-
-
-def agreement(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two masks; 1 when both are empty (two runs that agree on "nothing here")."""
-    total = int(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2 * float((a & b).sum()) / total
 
 
 def labels_of(forward, image: np.ndarray, block, divisor: int, tumour_in_liver: bool) -> np.ndarray:
@@ -96,8 +91,8 @@ def main() -> None:
         }
         rows.append(
             (
-                agreement(result["int8"] == 2, result["fp32"] == 2),
-                agreement(result["int8"] >= 1, result["fp32"] >= 1),
+                dice(result["int8"] == 2, result["fp32"] == 2),
+                dice(result["int8"] >= 1, result["fp32"] >= 1),
                 found["int8"] == found["fp32"],
             )
         )
