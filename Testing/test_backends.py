@@ -44,10 +44,13 @@ def test_logits_match_the_pytorch_network(tiny_model, backend, tmp_path):
 
 @pytest.mark.parametrize("backend", GRAPH_BACKENDS)
 def test_labels_match_pytorch_on_a_phantom_and_the_real_ct(tiny_model, tiny_data, real_data, backend):
-    for path in (tiny_data / "volume-1.nii", real_data / "totalsegmentator/example_ct_sm.nii.gz"):
+    cases = [(tiny_data / "volume-1.nii", 0.0), (real_data / "totalsegmentator/example_ct_sm.nii.gz", 0.0)]
+    cases.append((real_data / "totalsegmentator/example_ct_sm.nii.gz", 0.5))  # one graph, stretched windows
+    for path, stretch in cases:
         ct = read_ct(path)
-        reference = segment(ct, model=tiny_model, device="cpu", backend="torch", probabilities=True)
-        compiled = segment(ct, model=tiny_model, device="cpu", backend=backend, probabilities=True)
+        options = {"device": "cpu", "probabilities": True, "stretch": stretch}
+        reference = segment(ct, model=tiny_model, backend="torch", **options)
+        compiled = segment(ct, model=tiny_model, backend=backend, **options)
         assert compiled.labels.grid == ct.grid
         np.testing.assert_array_equal(compiled.labels.array, reference.labels.array)
         np.testing.assert_allclose(

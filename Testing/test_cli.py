@@ -73,7 +73,8 @@ def test_cli_backend_option(tiny_model, tiny_data, tmp_path):
     outputs = {}
     for backend in ("torch", "openvino"):
         done = run(
-            "segment", tiny_data / "volume-2.nii", "-o", tmp_path / backend, "--model", tiny_model, "--backend", backend
+            *("segment", tiny_data / "volume-2.nii", "-o", tmp_path / backend, "--model", tiny_model),
+            *("--backend", backend, "--stretch", 0.5),
         )
         assert done.returncode == 0, done.stderr
         outputs[backend] = read_label(tmp_path / backend / "volume-2_seg.nii.gz").array

@@ -151,7 +151,7 @@ WEIRD = st.sampled_from(
 #: Sub-command -> options it takes values for (files come from the fuzzed inputs).
 COMMANDS = {
     "info": [],
-    "segment": ["--overlap", "--batch-size", "--device", "--model", "--format", "--series", "--backend"],
+    "segment": ["--overlap", "--stretch", "--batch-size", "--device", "--model", "--format", "--series", "--backend"],
     "evaluate": ["--label", "--iou", "--match", "--large"],
     "classify": ["--device", "--model", "--backend"],
     "phantom": ["--cases", "--seed", "--shape", "--spacing", "--kinds"],

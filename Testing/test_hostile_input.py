@@ -238,6 +238,7 @@ def test_classify_a_lesion_free_segmentation_gives_an_empty_report(tiny_data, tm
     [
         (("segment", "{ct}", "-o", "{out}", "--overlap", "1.5"), "argument --overlap: 1.5 is outside [0, 0.95]"),
         (("segment", "{ct}", "-o", "{out}", "--batch-size", "0"), "argument --batch-size: 0 is outside [1, 256]"),
+        (("segment", "{ct}", "-o", "{out}", "--stretch", "-0.5"), "argument --stretch: -0.5 is outside [0, 1]"),
         (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/missing.json"), "cannot read"),
         (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/list.json"), "not an object"),
         (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/bad.json"), "invalid training settings"),

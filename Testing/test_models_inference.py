@@ -11,7 +11,14 @@ import torch
 from conftest import DIRECTIONS
 
 from livertumor.errors import DimensionError, LiverTumorError, NotCTError
-from livertumor.inference import DeviceError, gaussian_importance, resolve_device, segment, sliding_window
+from livertumor.inference import (
+    DeviceError,
+    gaussian_importance,
+    resolve_device,
+    segment,
+    sliding_window,
+    window_plan,
+)
 from livertumor.io import read_ct
 from livertumor.models import (
     ModelChecksumError,
@@ -99,6 +106,44 @@ def test_sliding_window_stitches_exactly(overlap, batch):
     expected = 1 / (1 + np.exp(-8 * (image - 0.5)))
     np.testing.assert_allclose(probabilities[1], expected, atol=1e-5)
     np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("stretch", [0.0, 0.125, 0.5])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("shape", [(192, 258, 364), (30, 101, 122), (64, 256, 256), (10, 300, 40)])
+def test_window_plans_cover_the_image_with_the_promised_overlap(shape, overlap, stretch):
+    block, divisor = (64, 256, 256), 16
+    window, starts = window_plan(shape, block, divisor, overlap, stretch)
+    covered = np.zeros(shape, bool)
+    for start in starts:
+        covered[tuple(slice(s, s + w) for s, w in zip(start, window))] = True
+    assert covered.all()
+    for axis, (size, side, trained) in enumerate(zip(shape, window, block)):
+        assert side % divisor == 0
+        if size <= trained:  # a small image: the window shrinks to it, as without stretch
+            assert side == -(-size // divisor) * divisor
+            continue
+        assert trained <= side <= trained * (1 + stretch)
+        positions = sorted({start[axis] for start in starts})
+        assert all(b - a <= side * (1 - overlap) + 0.5 for a, b in zip(positions, positions[1:]))
+    if stretch == 0:
+        assert window == tuple(min(b, -(-s // divisor) * divisor) for b, s in zip(block, shape))
+
+
+def test_a_stretched_window_covers_a_volume_slightly_wider_than_the_block_once():
+    # the paper network's block on a 512x512x120 CT's preprocessed volume
+    plain, plain_starts = window_plan((192, 258, 364), (64, 256, 256), 16, 0.25)
+    stretched, stretched_starts = window_plan((192, 258, 364), (64, 256, 256), 16, 0.25, stretch=0.125)
+    assert plain == (64, 256, 256) and len(plain_starts) == 16  # 258 rows take two windows of 256
+    assert stretched == (64, 272, 256) and len(stretched_starts) == 8
+    with pytest.raises(ValueError, match="stretch"):
+        window_plan((8, 8, 8), (8, 8, 8), 4, 0.5, stretch=-0.1)
+
+
+def test_sliding_window_stitches_stretched_windows_exactly():
+    image = np.random.default_rng(2).random((21, 37, 45)).astype(np.float32)
+    probabilities = sliding_window(VoxelwiseNetwork(), image, (8, 16, 16), 4, 0.25, 2, stretch=0.5)
+    np.testing.assert_allclose(probabilities[1], 1 / (1 + np.exp(-8 * (image - 0.5))), atol=1e-5)
 
 
 def test_sliding_window_with_one_window_equals_a_forward_pass():

@@ -60,7 +60,7 @@ def main() -> None:
             extract_block(image, start, block)[None, None] for start in sub_image_starts(image.shape, block, block)
         ]
     started = time.perf_counter()
-    graph = openvino.Core().read_model(str(fp32.entry(block) / "model.xml"))
+    graph = openvino.Core().read_model(str(fp32.entry() / "model.xml"))
     options = {"preset": nncf.QuantizationPreset.MIXED, "fast_bias_correction": False} if args.mixed else {}
     quantised = nncf.quantize(graph, nncf.Dataset(windows), subset_size=len(windows), **options)
     compiled = openvino.Core().compile_model(quantised, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})

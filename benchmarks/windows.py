@@ -1,13 +1,14 @@
 """Sliding-window plan of a trained model: Dice against time for window size, overlap and backend.
 
     python benchmarks/windows.py [--model demo-curriculum] [--cases 6] [--seed 900]
-        [--windows 32x64x64 64x128x128] [--overlaps 0 0.25 0.5] [--backends torch openvino]
+        [--windows 32x64x64 64x128x128] [--overlaps 0 0.25 0.5] [--stretches 0] [--backends torch openvino]
 
 Each plan segments the same unseen phantoms (seeds from ``--seed``, every 5th lesion-free, as in
 ``benchmarks/demo_targets.py``) and prints tumour Dice global, liver Dice (mean) and the seconds of all
 cases together. The network uses instance norm, whose statistics depend on what a window holds, so a
 window larger than the one it was trained on is a measured choice, not a free speed-up; the Gaussian
-blending's benefit is read off the overlap column.
+blending's benefit is read off the overlap column, and what a window grown to fit the volume
+(``stretch``, :func:`livertumor.inference.window_plan`) costs off the stretch column.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from demo_targets import unseen_phantoms  # the benchmarks folder is the script'
 from recipe_evaluate import dice
 
 from livertumor import backends
-from livertumor.inference import segment
+from livertumor.inference import segment, window_plan
 from livertumor.metrics import dice_global, evaluate_pair
+from livertumor.models import read_card, resolve_model
+from livertumor.preprocess import prepare_ct
 
 
 def window_size(text: str) -> tuple[int, int, int]:
@@ -36,6 +39,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=900)
     parser.add_argument("--windows", nargs="+", type=window_size, default=[(32, 64, 64), (64, 128, 128)])
     parser.add_argument("--overlaps", nargs="+", type=float, default=[0.0, 0.25, 0.5])
+    parser.add_argument("--stretches", nargs="+", type=float, default=[0.0])
     parser.add_argument("--backends", nargs="+", default=[b for b in ("torch", "openvino") if backends.installed(b)])
     args = parser.parse_args()
     phantoms = unseen_phantoms(args.seed, args.cases)
@@ -44,27 +48,39 @@ def main() -> None:
             for window in args.windows:
                 segment(phantom.ct, model=args.model, device="cpu", backend=backend, window=window)
     print(f"model {args.model}; {args.cases} phantoms (seed {args.seed}+), {phantoms[0].ct.shape} voxels each\n")
-    print("| backend | window | overlap | tumour DG | liver DC | seconds |\n|---|---|---|---|---|---|")
+    print(
+        "| backend | window | overlap | stretch | windows per case | tumour DG | liver DC | seconds |\n"
+        "|---|---|---|---|---|---|---|---|"
+    )
     for backend in args.backends:
         for window in args.windows:
             for overlap in args.overlaps:
-                stats, livers = [], []
-                start = time.perf_counter()
-                outputs = [
-                    segment(p.ct, model=args.model, device="cpu", backend=backend, window=window, overlap=overlap)
-                    for p in phantoms
-                ]
-                seconds = time.perf_counter() - start
-                for phantom, output in zip(phantoms, outputs):
-                    labels, truth = output.labels.array, phantom.label.array
-                    stats.append(evaluate_pair(labels, truth, phantom.ct.grid.spacing_zyx, "case").stats)
-                    livers.append(dice(labels >= 1, truth >= 1))
-                print(
-                    f"| {backend} | {'x'.join(map(str, window))} | {overlap:g} | {dice_global(stats):.3f} "
-                    f"| {np.mean(livers):.3f} | {seconds:.1f} |",
-                    flush=True,
-                )
+                for stretch in args.stretches:
+                    row(args.model, phantoms, backend, window, overlap, stretch)
 
+
+def row(model: str, phantoms: list, backend: str, window: tuple[int, int, int], overlap: float, stretch: float) -> None:
+    """Segment every phantom with one plan and print its table row."""
+    card = read_card(resolve_model(model))
+    prepared = prepare_ct(phantoms[0].ct, card.preprocess)
+    planned, starts = window_plan(prepared.shape, window, card.architecture.divisor, overlap, stretch)
+    stats, livers = [], []
+    start = time.perf_counter()
+    outputs = [
+        segment(p.ct, model=model, device="cpu", backend=backend, window=window, overlap=overlap, stretch=stretch)
+        for p in phantoms
+    ]
+    seconds = time.perf_counter() - start
+    for phantom, output in zip(phantoms, outputs):
+        labels, truth = output.labels.array, phantom.label.array
+        stats.append(evaluate_pair(labels, truth, phantom.ct.grid.spacing_zyx, "case").stats)
+        livers.append(dice(labels >= 1, truth >= 1))
+    print(
+        f"| {backend} | {'x'.join(map(str, window))} | {overlap:g} | {stretch:g} "
+        f"| {len(starts)} of {'x'.join(map(str, planned))} | {dice_global(stats):.3f} "
+        f"| {np.mean(livers):.3f} | {seconds:.1f} |",
+        flush=True,
+    )
 
 if __name__ == "__main__":
     main()

@@ -2,9 +2,9 @@
 graphs run by OpenVINO or ONNX Runtime on the CPU.
 
 A compiled graph is traced from the PyTorch network with standard operations
-(:func:`livertumor.networks.standard_ops`), for one window shape with a free batch size, and cached under
-``$LIVERTUMOR_HOME/compiled/BACKEND/`` keyed by the weights' sha256, the window shape and the backend's
-version. Each cache entry records the sha256 of its files; an entry whose key or files do not match is
+(:func:`livertumor.networks.standard_ops`), with a free batch size and free window sides (any multiple of
+the network's poolings, so one graph serves every window plan), and cached under
+``$LIVERTUMOR_HOME/compiled/BACKEND/`` keyed by the weights' sha256 and the backend's version. Each cache entry records the sha256 of its files; an entry whose key or files do not match is
 rebuilt, never trusted. Builds go to a temporary folder renamed into place, so a killed run leaves no
 half-written entry.
 
@@ -73,9 +73,9 @@ def backend_version(backend: str) -> str:
 
 
 class GraphForward:
-    """``network``'s forward through a compiled backend: logits for a (N, 1, D, H, W) batch, one compiled
-    graph per window shape, loaded from the cache or built (``report`` says so: the first run takes
-    seconds to a minute)."""
+    """``network``'s forward through a compiled backend: logits for a (N, 1, D, H, W) batch from one
+    compiled graph, loaded from the cache or built (``report`` says so: the first run takes seconds to a
+    minute)."""
 
     def __init__(
         self, network: nn.Module, backend: str, weights_sha256: str, cache: Path | None = None, report: Report = print
@@ -87,36 +87,35 @@ class GraphForward:
         self.weights_sha256 = weights_sha256
         self.cache = cache or compiled_dir()
         self.report = report
-        self._runners: dict[tuple[int, ...], Callable[[np.ndarray], np.ndarray]] = {}
+        self._runner: Callable[[np.ndarray], np.ndarray] | None = None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         import torch
 
-        window = tuple(int(n) for n in batch.shape[2:])
-        if window not in self._runners:
-            self._runners[window] = self._load(self.entry(window), window)
-        return torch.from_numpy(self._runners[window](batch.detach().cpu().numpy()))
+        if self._runner is None:
+            self._runner = self._load(self.entry())
+        return torch.from_numpy(self._runner(batch.detach().cpu().numpy()))
 
-    def key(self, window: tuple[int, ...]) -> dict:
+    def key(self) -> dict:
         return {
             "weights_sha256": self.weights_sha256,
-            "window": list(window),
+            "window": "any",
             "backend": self.backend,
             "backend_version": backend_version(self.backend),
             "torch_version": backend_version("torch"),
         }
 
-    def entry(self, window: tuple[int, ...]) -> Path:
-        """The cache folder of ``window``, built anew unless its key and files check out."""
-        key = self.key(window)
-        folder = self.cache / self.backend / f"{self.weights_sha256[:16]}-{'x'.join(map(str, window))}"
+    def entry(self) -> Path:
+        """The cache folder of this network's graph, built anew unless its key and files check out."""
+        key = self.key()
+        folder = self.cache / self.backend / self.weights_sha256[:16]
         if _entry_is_valid(folder, key):
             return folder
-        self.report(f"compiling the network for {self.backend} ({'x'.join(map(str, window))} windows), once")
+        self.report(f"compiling the network for {self.backend}, once")
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            files = _export(self.network, self.backend, window, staging)
+            files = _export(self.network, self.backend, staging)
             key["files"] = {name: _sha256(staging / name) for name in files}
             (staging / KEY_FILE).write_text(json.dumps(key, indent=1))
             shutil.rmtree(folder, ignore_errors=True)  # a stale or corrupt entry
@@ -126,7 +125,7 @@ class GraphForward:
             raise
         return folder
 
-    def _load(self, folder: Path, window: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    def _load(self, folder: Path) -> Callable[[np.ndarray], np.ndarray]:
         if self.backend == "openvino":
             import openvino
 
@@ -156,22 +155,24 @@ def _entry_is_valid(folder: Path, key: dict) -> bool:
         return False
 
 
-def _export(network: nn.Module, backend: str, window: tuple[int, ...], folder: Path) -> list[str]:
-    """Trace ``network`` for (N, 1, *window) inputs into ``folder``; returns the file names written."""
+def _export(network: nn.Module, backend: str, folder: Path) -> list[str]:
+    """Trace ``network`` for (N, 1, D, H, W) inputs, every size free, into ``folder``; returns the file
+    names written."""
     import torch
 
     from .networks import standard_ops
 
-    example = torch.zeros(1, 1, *window)
+    side = 2 * network.config.divisor  # the smallest window the network takes, doubled
+    example = torch.zeros(1, 1, side, side, side)
     with standard_ops(), torch.no_grad(), warnings.catch_warnings():
-        # The exporters' remarks are not the user's to act on: the trace keeps the network's check that the
-        # window divides by its poolings as a constant (true for the one window each graph is built for),
-        # and ONNX notes that instance norm uses the input's statistics (it always does).
+        # The exporters' remarks are not the user's to act on: the trace drops the network's check that the
+        # window divides by its poolings (the sliding window's plans always do), and ONNX notes that
+        # instance norm uses the input's statistics (it always does).
         warnings.simplefilter("ignore")
         if backend == "openvino":
             import openvino
 
-            shape = openvino.PartialShape([-1, 1, *window])
+            shape = openvino.PartialShape([-1, 1, -1, -1, -1])
             model = openvino.convert_model(network, example_input=example, input=[shape])
             openvino.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
             return ["model.xml", "model.bin"]
@@ -181,7 +182,7 @@ def _export(network: nn.Module, backend: str, window: tuple[int, ...], folder: P
             str(folder / "model.onnx"),
             input_names=["ct"],
             output_names=["logits"],
-            dynamic_axes={"ct": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={name: {0: "batch", 2: "depth", 3: "height", 4: "width"} for name in ("ct", "logits")},
             dynamo=False,
         )
         return ["model.onnx"]

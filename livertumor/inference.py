@@ -15,7 +15,7 @@ from torch import nn
 from .data import LIVER, TUMOUR, foreground_channel, task_for
 from .errors import LiverTumorError
 from .networks import round_up
-from .preprocess import extract_block, prepare_ct, restore_to_grid, sub_image_starts
+from .preprocess import axis_starts, extract_block, prepare_ct, restore_to_grid
 from .volume import Volume
 
 Progress = Callable[[float, str], None]
@@ -70,6 +70,38 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def window_plan(
+    shape: tuple[int, ...], block: tuple[int, ...], divisor: int, overlap: float, stretch: float = 0.0
+) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """The sliding window's size and start indices on an image of ``shape``.
+
+    Per axis the window is ``block``, shrunk to the image (rounded up to ``divisor``) where the image is
+    smaller. ``stretch`` > 0 lets it grow by up to that fraction, in steps of ``divisor``, where that
+    covers the axis with fewer voxels computed: 258 voxels take two 256-voxel windows at any overlap, or
+    one of 272. A plan costs the product over the axes of (windows x window length), so each axis is
+    chosen on its own; ties keep the smaller window. Neighbouring windows overlap by at least
+    ``overlap`` of their length.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if stretch < 0:
+        raise ValueError(f"stretch must be >= 0, got {stretch}")
+
+    def starts_for(size: int, length: int) -> list[int]:
+        return axis_starts(size, length, max(1, round(length * (1.0 - overlap))))
+
+    window, axes = [], []
+    for size, length in zip(shape, block):
+        fitted = round_up((size,), divisor)[0]
+        longest = min(fitted, max(length, int(length * (1.0 + stretch)) // divisor * divisor))
+        candidates = range(length, longest + 1, divisor) if fitted > length else [fitted]
+        chosen = min(candidates, key=lambda n: (len(starts_for(size, n)) * n, n))
+        window.append(chosen)
+        axes.append(starts_for(size, chosen))
+    starts = [(z, y, x) for z in axes[0] for y in axes[1] for x in axes[2]]
+    return tuple(window), starts
+
+
 @torch.no_grad()
 def sliding_window(
     network: nn.Module | Callable[[torch.Tensor], torch.Tensor],
@@ -81,19 +113,16 @@ def sliding_window(
     device: torch.device | None = None,
     precision: str = "auto",
     progress: Progress | None = None,
+    stretch: float = 0.0,
 ) -> np.ndarray:
-    """Class probabilities ``(C, D, H, W)`` of ``image`` ``(D, H, W)`` from overlapping windows.
+    """Class probabilities ``(C, D, H, W)`` of ``image`` ``(D, H, W)`` from overlapping windows placed by
+    :func:`window_plan` (``block``, ``overlap``, ``stretch``).
 
-    The window is ``block``, shrunk to the image (rounded up to ``divisor``) where the image is smaller.
     At most ``batch_size`` windows of logits exist at once, so memory stays bounded on any CT.
     ``network``: a module, or any callable from a (N, 1, *window) batch to logits (a compiled backend).
     """
     device = device or torch.device("cpu")
-    if not 0.0 <= overlap < 1.0:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    window = tuple(min(b, s) for b, s in zip(block, round_up(image.shape, divisor)))
-    stride = tuple(max(1, round(w * (1.0 - overlap))) for w in window)
-    starts = sub_image_starts(image.shape, window, stride)
+    window, starts = window_plan(image.shape, block, divisor, overlap, stretch)
     weights = gaussian_importance(window)
     weights_tensor = torch.from_numpy(weights).to(device)
     accumulated: np.ndarray | None = None
@@ -158,6 +187,7 @@ def segment(
     min_lesion_mm: float = 0.0,
     backend: str = "torch",
     window: tuple[int, int, int] | None = None,
+    stretch: float = 0.0,
 ) -> Segmentation:
     """Segment liver tumours in a CT: preprocessing from the model's card, sliding window, back onto the
     CT's grid. ``model`` is a registry name, a model folder, or None for the default model.
@@ -169,7 +199,8 @@ def segment(
     trains), where the test suite saw a later training crash; the command runs in its own process.
     ``window``: the sliding window (z, y, x voxels of the model's grid; multiples of the network's
     poolings) instead of the card's training block: a speed/accuracy choice, measured in
-    ``benchmarks/windows.py`` (instance norm makes results depend on the window).
+    ``benchmarks/windows.py`` (instance norm makes results depend on the window). ``stretch``: how much
+    larger than that a window may grow to cover the CT with less computation (:func:`window_plan`).
 
     ``tumour_in_liver`` keeps only tumour in the largest liver component (None: as the card says; it
     needs a model that segments the liver). ``min_lesion_mm`` drops tumour components whose
@@ -222,6 +253,7 @@ def segment(
             torch_device,
             precision,
             stage_progress,
+            stretch,
         )
         if role == "liver":
             liver = result.argmax(0) == 1

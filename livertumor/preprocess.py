@@ -185,16 +185,19 @@ def body_box(ct: Volume, threshold: float = -500.0, margin_mm: float = 5.0) -> t
 def sub_image_starts(shape: Sequence[int], block: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
     """Start indices of blocks of ``block`` size that tile ``shape`` at ``stride``, the last block flush
     with the end. An axis shorter than the block gets one start at 0 (the block is padded there)."""
-    axes = []
-    for size, length, step in zip(shape, block, stride):
-        if size <= length:
-            axes.append([0])
-            continue
-        starts = list(range(0, size - length + 1, max(1, int(step))))
-        if starts[-1] != size - length:
-            starts.append(size - length)
-        axes.append(starts)
+    axes = [axis_starts(size, length, step) for size, length, step in zip(shape, block, stride)]
     return [(z, y, x) for z in axes[0] for y in axes[1] for x in axes[2]]
+
+
+def axis_starts(size: int, length: int, step: int) -> list[int]:
+    """Starts of blocks of ``length`` along one axis of ``size`` voxels at ``step``, the last flush with
+    the end (one start at 0 where the axis is no longer than the block)."""
+    if size <= length:
+        return [0]
+    starts = list(range(0, size - length + 1, max(1, int(step))))
+    if starts[-1] != size - length:
+        starts.append(size - length)
+    return starts
 
 
 def extract_block(array: np.ndarray, start: Sequence[int], block: Sequence[int], fill: float = 0.0) -> np.ndarray:
