@@ -4,8 +4,9 @@ graphs run by OpenVINO or ONNX Runtime on the CPU.
 A compiled graph is traced from the PyTorch network with standard operations
 (:func:`livertumor.networks.standard_ops`), with a free batch size and free window sides (any multiple of
 the network's poolings, so one graph serves every window plan), and cached under
-``$LIVERTUMOR_HOME/compiled/BACKEND/`` keyed by the weights' sha256 and the backend's version. Each cache entry records the sha256 of its files; an entry whose key or files do not match is
-rebuilt, never trusted. Builds go to a temporary folder renamed into place, so a killed run leaves no
+``$LIVERTUMOR_HOME/compiled/BACKEND/`` keyed by the weights' sha256 and the backend's version. Each
+cache entry records the sha256 of its files; an entry whose key or files do not match is rebuilt, never
+trusted. Builds go to a temporary folder renamed into place, so a killed run leaves no
 half-written entry.
 
 The backends are optional: ``pip install 'livertumor[openvino]'`` or ``'livertumor[onnxruntime]'``.
