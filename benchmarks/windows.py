@@ -82,5 +82,6 @@ def row(model: str, phantoms: list, backend: str, window: tuple[int, int, int], 
         flush=True,
     )
 
+
 if __name__ == "__main__":
     main()
