@@ -13,6 +13,7 @@ from conftest import DIRECTIONS
 from livertumor.errors import DimensionError, LiverTumorError, NotCTError
 from livertumor.inference import (
     DeviceError,
+    class_map,
     gaussian_importance,
     resolve_device,
     segment,
@@ -144,6 +145,16 @@ def test_sliding_window_stitches_stretched_windows_exactly():
     image = np.random.default_rng(2).random((21, 37, 45)).astype(np.float32)
     probabilities = sliding_window(VoxelwiseNetwork(), image, (8, 16, 16), 4, 0.25, 2, stretch=0.5)
     np.testing.assert_allclose(probabilities[1], 1 / (1 + np.exp(-8 * (image - 0.5))), atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_class_map_is_argmax_ties_included(channels):
+    probabilities = np.random.default_rng(channels).random((channels, 6, 7, 8)).astype(np.float32)
+    probabilities[1, :2] = probabilities[0, :2]  # exact ties go to the lower class
+    probabilities[-1, 4:] = probabilities[0, 4:] = 1.0
+    classes = class_map(probabilities)
+    assert classes.dtype == np.uint8
+    np.testing.assert_array_equal(classes, probabilities.argmax(0))
 
 
 def test_sliding_window_with_one_window_equals_a_forward_pass():

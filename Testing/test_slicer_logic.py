@@ -200,6 +200,10 @@ def test_out_of_process_segment_progress_table_and_rerun(scene, tiny_case, tiny_
     assert again.GetName() != "edited by me"
     again_id = again.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
     assert np.array_equal(mrml.segment_mask(again, again_id, volume), expected == 2)  # PyTorch, same labels
+    fast = logic.segment(volume, model=str(tiny_model), device="cpu", backend="torch", quality="fast")
+    fast_expected = livertumor.segment(ct, model=tiny_model, device="cpu", overlap=0.25, stretch=0.125).labels.array
+    fast_id = fast.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
+    assert np.array_equal(mrml.segment_mask(fast, fast_id, volume), fast_expected == 2)
 
 
 def test_cancel_ends_the_process_tree_and_leaves_the_scene(scene, tiny_model):

