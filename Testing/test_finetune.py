@@ -95,3 +95,44 @@ def test_finetuned_demo_model_keeps_its_post_processing(tumour_case, tmp_path):
     # the quick preset's own schedule, not the poly one the demo model's last run used
     assert card.training_data["settings"]["lr_schedule"] == "step"
     assert card.parent == f"{parent.name}:{parent.version}" and card.version == f"{parent.version}.1"
+
+
+def test_quick_finetuning_on_a_lesion_kind_the_demo_model_misses_raises_dice_on_other_such_cases(tmp_path):
+    """Item 5's benefit, measured: the shipped model misses delayed-phase hemangiomas, which have filled in
+    and are brighter than the liver (it learned mostly hypodense tumour). The quick preset on two such
+    phantoms must raise the tumour Dice on three others; none may fall. Measured: 0.177 / 0.088 / 0.000
+    before, 0.275 / 0.114 / 0.010 after, pooled 0.116 -> 0.146 (about 2-3 minutes on 2 cores). A small
+    gain: one or two corrected cases teach the look of a kind only partly (benchmarks/finetune_quick.py)."""
+    from livertumor.finetune import finetune
+    from livertumor.inference import segment
+    from livertumor.phantom import write_phantom_dataset
+
+    write_phantom_dataset(
+        tmp_path / "data",
+        8,
+        seed=31,
+        shape=(64, 160, 160),
+        spacing_zyx=(2.5, 2.5, 2.5),
+        phases=["delayed"],
+        kinds=["hemangioma"],
+    )
+    sizes = {case: int((read_label(case.label).array == 2).sum()) for case in find_cases(tmp_path / "data")}
+    cases = sorted((case for case in sizes if sizes[case]), key=sizes.get, reverse=True)
+    corrected, others = cases[:2], cases[2:5]
+
+    def overlaps(model) -> np.ndarray:
+        """Per case: (predicted and true tumour voxels, predicted + true tumour voxels)."""
+        rows = []
+        for case in others:
+            predicted = segment(read_ct(case.image), model=model, device="cpu", overlap=0.25).labels.array == 2
+            truth = read_label(case.label).array == 2
+            rows.append((int((predicted & truth).sum()), int(predicted.sum() + truth.sum())))
+        return np.array(rows)
+
+    before = overlaps(None)
+    model = finetune(None, corrected, out=tmp_path / "model", preset="quick", device="cpu", workers=0)
+    after = overlaps(model)
+    dice_before, dice_after = 2 * before[:, 0] / before[:, 1], 2 * after[:, 0] / after[:, 1]
+    pooled_before, pooled_after = 2 * before[:, 0].sum() / before[:, 1].sum(), 2 * after[:, 0].sum() / after[:, 1].sum()
+    assert pooled_after >= pooled_before + 0.02, (dice_before, dice_after)
+    assert (dice_after >= dice_before - 0.005).all(), (dice_before, dice_after)
