@@ -100,7 +100,6 @@ class GraphForward:
     def key(self) -> dict:
         return {
             "weights_sha256": self.weights_sha256,
-            "window": "any",
             "backend": self.backend,
             "backend_version": backend_version(self.backend),
             "torch_version": backend_version("torch"),

@@ -15,7 +15,7 @@ from torch import nn
 from .data import LIVER, TUMOUR, foreground_channel, task_for
 from .errors import LiverTumorError
 from .networks import round_up
-from .preprocess import axis_starts, extract_block, prepare_ct, restore_to_grid
+from .preprocess import axis_starts, extract_block, prepare_ct, restore_to_grid, sub_image_starts
 from .volume import Volume
 
 Progress = Callable[[float, str], None]
@@ -87,19 +87,16 @@ def window_plan(
     if stretch < 0:
         raise ValueError(f"stretch must be >= 0, got {stretch}")
 
-    def starts_for(size: int, length: int) -> list[int]:
-        return axis_starts(size, length, max(1, round(length * (1.0 - overlap))))
+    def stride(length: int) -> int:
+        return max(1, round(length * (1.0 - overlap)))
 
-    window, axes = [], []
+    window = []
     for size, length in zip(shape, block):
         fitted = round_up((size,), divisor)[0]
         longest = min(fitted, max(length, int(length * (1.0 + stretch)) // divisor * divisor))
         candidates = range(length, longest + 1, divisor) if fitted > length else [fitted]
-        chosen = min(candidates, key=lambda n: (len(starts_for(size, n)) * n, n))
-        window.append(chosen)
-        axes.append(starts_for(size, chosen))
-    starts = [(z, y, x) for z in axes[0] for y in axes[1] for x in axes[2]]
-    return tuple(window), starts
+        window.append(min(candidates, key=lambda n: (len(axis_starts(size, n, stride(n))) * n, n)))
+    return tuple(window), sub_image_starts(shape, window, [stride(n) for n in window])
 
 
 @torch.no_grad()
