@@ -205,7 +205,16 @@ def main() -> None:
     on_prepared.array[90:100, 100:112, 120:131] = 2
     restore = median_seconds(lambda: restore_to_grid(on_prepared, phantom.ct.grid, is_label=True), args.repeats)
     start = time.perf_counter()
-    sliding_window(network, prepared.array, card.preprocess.block, 16, args.overlap, 1, device, args.precision)
+    sliding_window(
+        network,
+        prepared.array,
+        card.preprocess.block,
+        card.architecture.divisor,
+        args.overlap,
+        1,
+        device,
+        args.precision,
+    )
     ours = time.perf_counter() - start
     try:
         from monai.inferers import sliding_window_inference
@@ -241,7 +250,9 @@ def main() -> None:
         "(Dice) |\n|---|---|---|---|---|---|"
     )
     for name, stretch, seconds, memory, agreement in ends:
-        window, starts = window_plan(prepared.shape, card.preprocess.block, 16, args.overlap, stretch)
+        window, starts = window_plan(
+            prepared.shape, card.preprocess.block, card.architecture.divisor, args.overlap, stretch
+        )
         windows = f"{len(starts)} of {'x'.join(map(str, window))}"
         print(f"| {name} | {stretch:g} | {windows} | {seconds:.2f} | {memory:.0f} | {agreement:.4f} |")
     print(f"\nrestore_to_grid of a label map (liver box) onto the 512x512x120 grid: {restore:.2f} s")

@@ -52,18 +52,28 @@ def main() -> None:
         "| backend | window | overlap | stretch | windows per case | tumour DG | liver DC | seconds |\n"
         "|---|---|---|---|---|---|---|---|"
     )
+    card = read_card(resolve_model(args.model))
+    grid = (prepare_ct(phantoms[0].ct, card.preprocess).shape, card.architecture.divisor)  # same for all
     for backend in args.backends:
         for window in args.windows:
             for overlap in args.overlaps:
                 for stretch in args.stretches:
-                    row(args.model, phantoms, backend, window, overlap, stretch)
+                    row(args.model, phantoms, grid, backend, window, overlap, stretch)
 
 
-def row(model: str, phantoms: list, backend: str, window: tuple[int, int, int], overlap: float, stretch: float) -> None:
-    """Segment every phantom with one plan and print its table row."""
-    card = read_card(resolve_model(model))
-    prepared = prepare_ct(phantoms[0].ct, card.preprocess)
-    planned, starts = window_plan(prepared.shape, window, card.architecture.divisor, overlap, stretch)
+def row(
+    model: str,
+    phantoms: list,
+    grid: tuple[tuple[int, ...], int],
+    backend: str,
+    window: tuple[int, int, int],
+    overlap: float,
+    stretch: float,
+) -> None:
+    """Segment every phantom with one plan and print its table row. ``grid``: the phantoms' shape on the
+    model's grid and the network's divisor, for the plan's column."""
+    shape, divisor = grid
+    planned, starts = window_plan(shape, window, divisor, overlap, stretch)
     stats, livers = [], []
     start = time.perf_counter()
     outputs = [
