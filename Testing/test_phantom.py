@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from livertumor.cli import main
 from livertumor.io import read_image, read_label
 from livertumor.phantom import (
     LESION_CLASSES,
@@ -71,6 +72,17 @@ def test_dataset_phases_can_be_limited(tmp_path):
     assert {case["phase"] for case in json.loads(manifest.read_text())["cases"]} == {"delayed"}
     with pytest.raises(ValueError, match="unknown contrast phase"):
         write_phantom_dataset(tmp_path / "x", 1, shape=(32, 64, 64), spacing_zyx=(4, 5, 5), phases=["venous"])
+
+
+def test_parallel_workers_write_the_same_files_as_one(tmp_path):
+    one, three = tmp_path / "one", tmp_path / "three"
+    common = ["phantom", "--cases", "4", "--seed", "3", "--shape", "24", "48", "48", "--spacing", "5", "6", "6"]
+    assert main([*common, "--out", str(one)]) == 0
+    assert main([*common, "--out", str(three), "--workers", "3"]) == 0
+    names = sorted(path.name for path in one.iterdir())
+    assert names == sorted(path.name for path in three.iterdir()) and len(names) == 13
+    for name in names:
+        assert (one / name).read_bytes() == (three / name).read_bytes(), name
 
 
 def test_same_seed_same_volume_other_seed_other_volume():
@@ -292,8 +304,6 @@ def test_synthesize_refuses_a_mask_without_liver(real_data, tmp_path):
 
 
 def test_synthesize_command_writes_the_lits_layout(real_data, tmp_path, capsys):
-    from livertumor.cli import main
-
     ct_path = real_data / "totalsegmentator" / "example_ct_sm.nii.gz"
     organs_path = real_data / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz"
     arguments = ["synthesize", "--ct", str(ct_path), "--liver", str(organs_path), "--liver-label", "5"]

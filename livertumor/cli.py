@@ -128,6 +128,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             progress=lambda done, total: bar.update(1),
             phases=args.phases,
             kinds=args.kinds,
+            workers=args.workers,
         )
     _report_dataset(manifest, args.out)
     return 0
@@ -745,6 +746,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND",
         help="one lesion kind per case, in turn (balanced classes for lesion classification; default: drawn "
         f"per liver, metastatic or benign); kinds: {', '.join(LESION_CLASSES)}",
+    )
+    phantom.add_argument(
+        "--workers",
+        type=_number(int, 1, 256),
+        default=1,
+        help="processes writing cases at once (default 1; the files do not depend on it)",
     )
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -76,13 +80,15 @@ def write_phantom_dataset(
     progress: Callable[[int, int], None] | None = None,
     phases: Sequence[str] | None = None,
     kinds: Sequence[str] | None = None,
+    workers: int = 1,
 ) -> Path:
     """Write ``cases`` phantoms in LiTS layout (``volume-N``, ``segmentation-N``, plus ``classes-N`` with
     the lesion kinds) and ``manifest.json`` under ``out``. Every 5th case has no lesion; ``phases``
     limits the contrast phases drawn (None: all). ``kinds`` gives case N lesions of one kind only,
     ``kinds[N % len(kinds)]`` (1-3, metastases 1-6): balanced classes for lesion classification.
 
-    Returns the manifest's path. ``progress(done, total)`` is called after each case.
+    Returns the manifest's path. ``progress(done, total)`` is called after each case. ``workers`` > 1
+    writes cases in that many processes; each case depends only on its seed, so the files are the same.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -106,7 +112,18 @@ def write_phantom_dataset(
             case_seed, shape, spacing_zyx, lesion_count=count, kinds=case_kinds, phase=draw_phase(case_seed, phases)
         )
 
-    return write_cases(out, manifest, cases, seed, suffix, progress, make_case)
+    return write_cases(out, manifest, cases, seed, suffix, progress, make_case, workers)
+
+
+#: The case maker of the running :func:`write_cases`, read by its forked workers: they inherit it, so
+#: no closure has to be pickled.
+_MAKE_CASE: Callable[[int, int], Phantom] | None = None
+
+
+def _write_indexed_case(out: Path, seed: int, suffix: str, index: int) -> dict:
+    case_seed = phantom_case_seed(seed, index)
+    case = _MAKE_CASE(index, case_seed)
+    return case_record(index, case_seed, write_case(case, out, index, suffix), case)
 
 
 def write_cases(
@@ -117,15 +134,23 @@ def write_cases(
     suffix: str,
     progress: Callable[[int, int], None] | None,
     make_case: Callable[[int, int], Phantom],
+    workers: int = 1,
 ) -> Path:
-    """Write ``make_case(index, case_seed)`` for each case and the manifest listing them; returns the
-    manifest's path."""
-    for index in range(cases):
-        case_seed = phantom_case_seed(seed, index)
-        case = make_case(index, case_seed)
-        manifest["cases"].append(case_record(index, case_seed, write_case(case, out, index, suffix), case))
-        if progress:
-            progress(index + 1, cases)
+    """Write ``make_case(index, case_seed)`` for each case (in ``workers`` forked processes where the
+    platform forks) and the manifest listing them; returns the manifest's path."""
+    global _MAKE_CASE
+    _MAKE_CASE = make_case
+    write = partial(_write_indexed_case, out, seed, suffix)
+    forks = workers > 1 and cases > 1 and os.name == "posix"
+    try:
+        with multiprocessing.get_context("fork").Pool(min(workers, cases)) if forks else nullcontext() as pool:
+            records = pool.imap(write, range(cases)) if pool else map(write, range(cases))
+            for done, record in enumerate(records, 1):
+                manifest["cases"].append(record)
+                if progress:
+                    progress(done, cases)
+    finally:
+        _MAKE_CASE = None
     path = out / "manifest.json"
     write_json(path, manifest)
     return path
