@@ -1,12 +1,19 @@
 """The analogue of the paper's Tables I/II on phantoms: five training schemas, one budget, one test set.
 
     python benchmarks/curriculum.py --out /tmp/curriculum [--train-cases 16] [--test-cases 6] [--epochs 16]
-        [--iterations 80] [--config Resources/Models/demo-curriculum.train.json] [--markdown docs/results/curriculum.md]
+        [--iterations 80] [--seeds 0 1 2] [--jobs 1] [--device cpu] [--phantom-workers 1]
+        [--config Resources/Models/demo-curriculum.train.json] [--markdown docs/results/curriculum.md]
 
-Every schema trains the same network from the same seed for the same number of epochs x iterations
-(the cascade splits them between its liver and tumour networks), then segments the held-out phantoms
-end to end (``segment``: original grid) and is scored with ``livertumor.metrics``: DC, DG, VOE, RVD,
-ASSD, MSD, RMSD, recall of lesions < 10 mm, and inference seconds per case.
+Every schema trains the same network for the same number of epochs x iterations (the cascade splits them
+between its liver and tumour networks) once per training seed (weights' initialisation and the blocks
+drawn), then segments the held-out phantoms end to end (``segment``: original grid) and is scored with
+``livertumor.metrics``: DC, DG, VOE, RVD, ASSD, MSD, RMSD, recall of lesions < 10 mm, and inference
+seconds per case. With several seeds the table gives each column's mean ± sd over them, and a second
+table each seed's DG.
+
+``--jobs N`` runs N schema/seed runs at once, each in its own process (on a GPU they share it; on the
+CPU they share its cores). A run's row is kept in ``OUT/result-SCHEMA-SEED.json``: a finished run is
+read back, not trained again.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import csv
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -30,6 +38,7 @@ from livertumor.io import read_ct, read_label
 from livertumor.memory import keep_freed_memory
 from livertumor.metrics import evaluate_pair
 from livertumor.phantom import write_phantom_dataset
+from livertumor.plotting import pyplot, save_figure
 from livertumor.training import SCHEMAS, TrainConfig, split_cases, train_model
 
 COLUMNS = ("dc", "dg", "voe", "rvd", "assd", "msd", "rmsd")
@@ -73,6 +82,99 @@ def summarise(schema: str, results: list, voxel_ml: list[float], seconds: float,
     return row
 
 
+def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespace) -> TrainConfig:
+    """The settings of one schema/seed run: tumour-only networks as in the paper (the cascade's two
+    networks have two classes each), the budget split over the schema's stages."""
+    return replace(
+        base,
+        schema=schema,
+        architecture=replace(base.architecture, classes=2),
+        epochs=args.epochs // 2 if schema == "cascade" else args.epochs,
+        stage_epochs=None,
+        iterations_per_epoch=args.iterations,
+        seed=seed,
+        device=args.device or base.device,
+    )
+
+
+def run_one(base: TrainConfig, schema: str, seed: int, args: argparse.Namespace) -> dict:
+    """Train (unless done) and test one schema with one seed; returns its table row."""
+    train, validation = split_cases(find_cases(args.out / "train"), 0.15, 0)
+    config = run_config(base, schema, seed, args)
+    model = args.out / f"model-{schema}-seed{seed}"
+    if not model.exists():
+        shutil.rmtree(args.out / f"{model.name}.work", ignore_errors=True)
+        train_model(train, validation, config, model, name=f"bench-{schema}")
+    results, seconds, voxel_ml = [], [], []
+    for case in find_cases(args.out / "test"):
+        ct = read_ct(case.image)
+        truth = read_label(case.label, reference=ct.grid)
+        start = time.perf_counter()
+        prediction = segment(ct, model=model, device=config.device)
+        seconds.append(time.perf_counter() - start)
+        results.append(evaluate_pair(prediction.labels.array, truth.array, ct.grid.spacing_zyx, case.name))
+        voxel_ml.append(float(np.prod(ct.grid.spacing_zyx)) / 1000)
+    row = summarise(schema, results, voxel_ml, statistics.mean(seconds), training_seconds(model))
+    return {**row, "seed": seed}
+
+
+def result_path(out: Path, schema: str, seed: int) -> Path:
+    return out / f"result-{schema}-seed{seed}.json"
+
+
+def _cell_spread(values: list[float | None], digits: int) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "-"
+    if len(present) == 1:
+        return f"{present[0]:.{digits}f}"
+    return f"{statistics.mean(present):.{digits}f} ± {statistics.stdev(present):.{digits}f}"
+
+
+KEYS = (*COLUMNS, "recall", "small_recall", "fp_ml", "seconds", "training_seconds")
+DIGITS = (3,) * len(COLUMNS) + (2, 2, 1, 1, 0)
+
+
+def tables(rows: list[dict], schemas: list[str], seeds: list[int]) -> str:
+    """Mean ± sd over seeds per schema, then each seed's DG."""
+    header = [c.upper() for c in COLUMNS] + ["recall", "recall <10 mm", "FP mL, lesion-free", "s / case", "training s"]
+    lines = ["| schema | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
+    by_schema = {schema: [r for r in rows if r["schema"] == schema] for schema in schemas}
+    for schema, runs in by_schema.items():
+        cells = [_cell_spread([r[key] for r in runs], digits) for key, digits in zip(KEYS, DIGITS)]
+        lines.append(f"| {schema} | " + " | ".join(cells) + " |")
+    if len(seeds) > 1:
+        lines += [
+            "",
+            "| schema | " + " | ".join(f"DG, seed {s}" for s in seeds) + " |",
+            "|" + "---|" * (len(seeds) + 1),
+        ]
+        for schema, runs in by_schema.items():
+            dg = {r["seed"]: r["dg"] for r in runs}
+            lines.append(f"| {schema} | " + " | ".join(_cell(dg.get(s), 3) for s in seeds) + " |")
+    return "\n".join(lines)
+
+
+def validation_curves(out: Path, schemas: list[str], seeds: list[int], path: Path) -> None:
+    """Validation tumour DG per epoch of every run (the cascade's tumour network, in the true liver's box):
+    one panel per schema, one line per seed."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, len(schemas), figsize=(3.2 * len(schemas), 3.2), sharey=True, squeeze=False)
+    for axis, schema in zip(axes[0], schemas):
+        for seed in seeds:
+            log = out / f"model-{schema}-seed{seed}.work" / "tumour-log.csv"
+            if log.exists():
+                with log.open(newline="") as handle:
+                    scores = [float(row["dg"] or "nan") for row in csv.DictReader(handle)]
+                axis.plot(range(1, len(scores) + 1), scores, marker=".", label=f"seed {seed}")
+        axis.set_title(schema)
+        axis.set_xlabel("epoch")
+    axes[0][0].set_ylabel("validation tumour DG")
+    axes[0][0].legend()
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -84,57 +186,52 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 160, 160))
     parser.add_argument("--spacing", type=float, nargs=3, default=(2.5, 2.5, 2.5))
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per schema")
+    parser.add_argument("--jobs", type=int, default=1, help="schema/seed runs at once, each in its own process")
+    parser.add_argument("--device", help="where to train and segment (default: the config's)")
+    parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
+    parser.add_argument("--run", nargs=2, metavar=("SCHEMA", "SEED"), help=argparse.SUPPRESS)  # one run, in a job
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
     args = parser.parse_args()
     keep_freed_memory()  # as the livertumor command does
     base = TrainConfig.from_json(json.loads(args.config.read_text()))
+    if args.run:
+        schema, seed = args.run[0], int(args.run[1])
+        row = run_one(base, schema, seed, args)
+        result_path(args.out, schema, seed).write_text(json.dumps(row))
+        return
     data, test = args.out / "train", args.out / "test"
     if not data.exists():
-        write_phantom_dataset(data, args.train_cases, seed=100, shape=args.shape, spacing_zyx=args.spacing)
-        write_phantom_dataset(test, args.test_cases, seed=200, shape=args.shape, spacing_zyx=args.spacing)
-    train, validation = split_cases(find_cases(data), 0.15, 0)
-    test_cases = find_cases(test)
-    rows = []
-    for schema in args.schemas:
-        epochs = args.epochs // 2 if schema == "cascade" else args.epochs
-        # Tumour-only networks as in the paper (the cascade's two networks have two classes each).
-        architecture = replace(base.architecture, classes=2)
-        config = replace(
-            base,
-            schema=schema,
-            architecture=architecture,
-            epochs=epochs,
-            stage_epochs=None,
-            iterations_per_epoch=args.iterations,
-        )
-        model = args.out / f"model-{schema}"
-        if not model.exists():
-            shutil.rmtree(args.out / f"model-{schema}.work", ignore_errors=True)
-            train_model(train, validation, config, model, name=f"bench-{schema}")
-        results, seconds, voxel_ml = [], [], []
-        for case in test_cases:
-            ct = read_ct(case.image)
-            truth = read_label(case.label, reference=ct.grid)
-            start = time.perf_counter()
-            prediction = segment(ct, model=model, device=config.device)
-            seconds.append(time.perf_counter() - start)
-            results.append(evaluate_pair(prediction.labels.array, truth.array, ct.grid.spacing_zyx, case.name))
-            voxel_ml.append(float(np.prod(ct.grid.spacing_zyx)) / 1000)
-        rows.append(summarise(schema, results, voxel_ml, statistics.mean(seconds), training_seconds(model)))
-        print(f"{schema}: DG {rows[-1]['dg']:.3f}", file=sys.stderr)
-    header = [c.upper() for c in COLUMNS] + ["recall", "recall <10 mm", "FP mL, lesion-free", "s / case", "training s"]
-    lines = ["| schema | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 1)]
+        shape, spacing, workers = args.shape, args.spacing, args.phantom_workers
+        write_phantom_dataset(data, args.train_cases, seed=100, shape=shape, spacing_zyx=spacing, workers=workers)
+        write_phantom_dataset(test, args.test_cases, seed=200, shape=shape, spacing_zyx=spacing, workers=workers)
+    runs = [(schema, seed) for seed in args.seeds for schema in args.schemas]
+    pending = [run for run in runs if not result_path(args.out, *run).exists()]
+    running: list[subprocess.Popen] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            schema, seed = pending.pop(0)
+            command = [sys.executable, __file__, *sys.argv[1:], "--run", schema, str(seed)]
+            running.append(subprocess.Popen(command))
+        for process in list(running):
+            if process.poll() is not None:
+                running.remove(process)
+                if process.returncode:
+                    print(f"a run failed ({process.args[-2:]}): exit {process.returncode}", file=sys.stderr)
+        time.sleep(1)
+    rows = [json.loads(result_path(args.out, *run).read_text()) for run in runs if result_path(args.out, *run).exists()]
     for row in rows:
-        cells = [_cell(row[key], 3) for key in COLUMNS] + [_cell(row["recall"], 2), _cell(row["small_recall"], 2)]
-        cells += [_cell(row["fp_ml"], 1), _cell(row["seconds"], 1), _cell(row["training_seconds"], 0)]
-        lines.append(f"| {row['schema']} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+        print(f"{row['schema']} seed {row['seed']}: DG {row['dg']:.3f}", file=sys.stderr)
+    table = tables(rows, args.schemas, args.seeds)
     print(table)
     if args.markdown:
         command = "python benchmarks/curriculum.py " + " ".join(sys.argv[1:])
+        curves = args.markdown.with_name(args.markdown.stem + "-curves.png")
+        validation_curves(args.out, args.schemas, args.seeds, curves)
         args.markdown.write_text(
             "# Training schemas compared on phantoms (analogue of Li et al., Tables I/II)\n\n"
-            f"Command: `{command}`\n\n{LEGEND.format(cases=len(test_cases))}\n\n" + table + "\n"
+            f"Command: `{command}`\n\n{LEGEND.format(cases=args.test_cases)}\n\n" + table + "\n\n"
+            f"![validation curves]({curves.name})\n"
         )
 
 

@@ -1,8 +1,8 @@
 """Diagnosis of the training recipe: one network, one data set, one budget, recipes that differ in one thing.
 
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--stages 6 2 3]
-        [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL]
-        [--markdown docs/results/recipe.md]
+        [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
+        [--whole-batch 2] [--phantom-workers 16] [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
 three-stage schema, widths 4-64, background/liver/tumour, 2.5 mm, 32x64x64 blocks) and the same seed, and
@@ -26,6 +26,8 @@ Variants:
   lesions a continued model still misses).
 
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder).
+``--device`` and ``--whole-batch`` override the settings' (``cpu``, 1) for every variant: a GPU takes
+bigger batches at nearly the same step time.
 """
 
 from __future__ import annotations
@@ -78,16 +80,21 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--init", help="start from this trained model's weights")
+    parser.add_argument("--device", help="train here (default: the settings' device)")
+    parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
+    parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()
     train_dir, validation_dir = args.out / "train", args.out / "validation"
     if not train_dir.exists():
-        write_phantom_dataset(train_dir, args.train_cases, seed=500, suffix=".nii.gz")
-        write_phantom_dataset(validation_dir, args.validation_cases, seed=600, suffix=".nii.gz")
+        workers = args.phantom_workers
+        write_phantom_dataset(train_dir, args.train_cases, seed=500, suffix=".nii.gz", workers=workers)
+        write_phantom_dataset(validation_dir, args.validation_cases, seed=600, suffix=".nii.gz", workers=workers)
     train, validation = find_cases(train_dir), find_cases(validation_dir)
     base = TrainConfig.from_json(json.loads(SETTINGS.read_text()))
     base = replace(base, stage_epochs=tuple(args.stages), iterations_per_epoch=args.iterations)
+    base = replace(base, device=args.device or base.device, whole_batch=args.whole_batch or base.whole_batch)
     initial, parent = None, None
     if args.init:
         trained = load_model(args.init)
@@ -131,6 +138,8 @@ def main() -> None:
             f"{args.validation_cases} --stages {' '.join(map(str, args.stages))} --iterations {args.iterations} "
             f"--variants {' '.join(args.variants)} --markdown {args.markdown}"
             + (f" --init {args.init}" if args.init else "")
+            + (f" --device {args.device}" if args.device else "")
+            + (f" --whole-batch {args.whole_batch}" if args.whole_batch else "")
         )
         args.markdown.write_text(
             f"# Training recipe diagnosis\n\nCommand: `{command}`\n\n{text}\n\n![curves](recipe-curves.png)\n"

@@ -20,7 +20,8 @@ Variants (each measured on the same network and blocks):
   ``livertumor.networks._BatchOneConv3d``);
 * ``compiled``: the step under ``torch.compile`` (inductor, which picks its own convolution kernels),
   compile time reported separately.
-On a GPU every variant runs under bf16 autocast.
+On a GPU every variant runs under bf16 autocast unless ``--precision fp32`` (the precision
+:class:`livertumor.training.Trainer` trains in).
 """
 
 from __future__ import annotations
@@ -53,16 +54,25 @@ def plain_convolutions(network: torch.nn.Module) -> torch.nn.Module:
 
 
 def step_flops(config: ResUNetConfig, block: tuple[int, ...], batch: int) -> float:
-    network = plain_convolutions(ResUNet3d(config))
-    image = torch.rand(batch, 1, *block)
-    target = torch.randint(0, config.classes, (batch, *block))
-    with FlopCounterMode(display=False) as counter:
-        weighted_dice_loss(network(image), target).backward()
+    """FLOPs of a forward and backward, counted on meta tensors: no arithmetic, no memory."""
+    with torch.device("meta"):
+        network = plain_convolutions(ResUNet3d(config))
+        image = torch.rand(batch, 1, *block)
+        target = torch.randint(0, config.classes, (batch, *block))
+        with FlopCounterMode(display=False) as counter:
+            weighted_dice_loss(network(image), target).backward()
     return float(counter.get_total_flops())
 
 
 def time_steps(
-    config: ResUNetConfig, block, batch: int, variant: str, device: torch.device, steps: int, warmup: int
+    config: ResUNetConfig,
+    block,
+    batch: int,
+    variant: str,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    precision: str = "bf16",
 ) -> tuple[float, float]:
     """Median seconds per step, and seconds spent before the first step (compilation)."""
     torch.manual_seed(0)
@@ -73,7 +83,7 @@ def time_steps(
     image = torch.rand(batch, 1, *block, device=device)
     target = torch.randint(0, config.classes, (batch, *block), device=device)
     Conv3d.batch_one_backward = variant != "reference"
-    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda")
+    autocast = torch.autocast("cuda", torch.bfloat16, enabled=device.type == "cuda" and precision == "bf16")
 
     def step() -> None:
         with autocast:
@@ -113,11 +123,13 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["reference", "library", "compiled"])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
     parser.add_argument("--paper-block", type=int, nargs=3)
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="on a GPU (the CPU: fp32)")
     parser.add_argument("--markdown")
     args = parser.parse_args()
     device = torch.device(args.device)
     lines = [
-        f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}",
+        f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}"
+        + (f", {args.precision}" if device.type == "cuda" else ""),
         "",
         "| network | block x batch | variant | step (s) | samples/s | GFLOP per step | achieved GFLOP/s "
         "| speed-up | first step (s) |",
@@ -130,7 +142,7 @@ def main() -> None:
         flops = step_flops(config, block, batch)
         baseline = None
         for variant in args.variants:
-            seconds, first = time_steps(config, block, batch, variant, device, args.steps, args.warmup)
+            seconds, first = time_steps(config, block, batch, variant, device, args.steps, args.warmup, args.precision)
             baseline = baseline or seconds
             lines.append(
                 f"| {name} | {'x'.join(map(str, block))} x {batch} | {variant} | {seconds:.3f} | {batch / seconds:.2f} "
