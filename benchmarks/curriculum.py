@@ -13,7 +13,7 @@ table each seed's DG.
 
 ``--jobs N`` runs N schema/seed runs at once, each in its own process (on a GPU they share it; on the
 CPU they share its cores). A run's row is kept in ``OUT/result-SCHEMA-SEED.json``: a finished run is
-read back, not trained again.
+read back, not trained again; ``--jobs 0`` only tabulates the finished runs.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def main() -> None:
         write_phantom_dataset(data, args.train_cases, seed=100, shape=shape, spacing_zyx=spacing, workers=workers)
         write_phantom_dataset(test, args.test_cases, seed=200, shape=shape, spacing_zyx=spacing, workers=workers)
     runs = [(schema, seed) for seed in args.seeds for schema in args.schemas]
-    pending = [run for run in runs if not result_path(args.out, *run).exists()]
+    pending = [run for run in runs if args.jobs and not result_path(args.out, *run).exists()]
     running: list[subprocess.Popen] = []
     while pending or running:
         while pending and len(running) < args.jobs:

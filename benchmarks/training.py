@@ -31,6 +31,7 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -73,8 +74,10 @@ def time_steps(
     steps: int,
     warmup: int,
     precision: str = "bf16",
+    before_timing: Callable[[], object] | None = None,
 ) -> tuple[float, float]:
-    """Median seconds per step, and seconds spent before the first step (compilation)."""
+    """Median seconds per step, and seconds spent before the first step (compilation). ``before_timing``
+    is called between the warm-up and the timed steps (e.g. a barrier of processes timed together)."""
     torch.manual_seed(0)
     network = ResUNet3d(config).to(device)
     if variant == "compiled":
@@ -100,6 +103,8 @@ def time_steps(
     for _ in range(warmup):
         run()
     _sync(device)
+    if before_timing:
+        before_timing()
     times = []
     for _ in range(steps):
         started = time.perf_counter()
