@@ -2,6 +2,7 @@
 
     python benchmarks/curriculum.py --out /tmp/curriculum [--train-cases 16] [--test-cases 6] [--epochs 16]
         [--iterations 80] [--seeds 0 1 2] [--jobs 1] [--device cpu] [--phantom-workers 1]
+        [--whole-batch 1] [--patch-batch 2] [--loader-workers 1]
         [--config Resources/Models/demo-curriculum.train.json] [--markdown docs/results/curriculum.md]
 
 Every schema trains the same network for the same number of epochs x iterations (the cascade splits them
@@ -10,6 +11,10 @@ drawn), then segments the held-out phantoms end to end (``segment``: original gr
 ``livertumor.metrics``: DC, DG, VOE, RVD, ASSD, MSD, RMSD, recall of lesions < 10 mm, and inference
 seconds per case. With several seeds the table gives each column's mean ± sd over them, and a second
 table each seed's DG.
+
+``--whole-batch`` / ``--patch-batch`` / ``--loader-workers`` override the settings' (1, 2, 1) for every
+schema alike: on a GPU, 16 whole 32x64x64 blocks per step hold the voxels of one of the paper's
+64x256x256 sub-volumes and cost about one batch-1 step (docs/results/training.md).
 
 ``--jobs N`` runs N schema/seed runs at once, each in its own process (on a GPU they share it; on the
 CPU they share its cores). A run's row is kept in ``OUT/result-SCHEMA-SEED.json``: a finished run is
@@ -94,6 +99,9 @@ def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespa
         iterations_per_epoch=args.iterations,
         seed=seed,
         device=args.device or base.device,
+        whole_batch=args.whole_batch or base.whole_batch,
+        patch_batch=args.patch_batch or base.patch_batch,
+        workers=base.workers if args.loader_workers is None else args.loader_workers,
     )
 
 
@@ -190,6 +198,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="schema/seed runs at once, each in its own process")
     parser.add_argument("--device", help="where to train and segment (default: the config's)")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
+    parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
+    parser.add_argument("--patch-batch", type=int, help="tumour patches per step (default: the settings')")
+    parser.add_argument("--loader-workers", type=int, help="data-loading processes per run (default: the settings')")
     parser.add_argument("--run", nargs=2, metavar=("SCHEMA", "SEED"), help=argparse.SUPPRESS)  # one run, in a job
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
     args = parser.parse_args()

@@ -12,7 +12,7 @@ limit from ``--seconds`` and a step that fails or overruns is logged and skipped
 2. ``inference.py``: one forward and ``segment`` end to end on a 512x512x120 CT, bf16;
 3. a probe: as many demo-network training steps at once as there will be training processes, which
    gives the step time under that load, hence how many iterations fit the time left;
-4. ``curriculum.py`` (``--jobs`` = all runs at once) and ``recipe.py`` (``continue-poly`` from the shipped
+4. ``curriculum.py`` (``--jobs`` = all runs at once, ``--batch`` blocks a step) and ``recipe.py`` (``continue-poly`` from the shipped
    demo model, blocks in pairs) started together, with GPU utilisation logged every second;
 5. everything small enough (tables, logs, result rows, the continued model) packed into
    ``--archive`` (one file: the lease brings few back), and a summary printed last.
@@ -88,19 +88,19 @@ class Session:
         return done.stdout if done.returncode == 0 else ""
 
 
-def _probe_worker(device: str, count: int, barrier, steps: list) -> None:
-    config, block, batch = NETWORKS["demo"]
+def _probe_worker(device: str, batch: int, count: int, barrier, steps: list) -> None:
+    config, block, _ = NETWORKS["demo"]
     seconds, _ = time_steps(config, block, batch, "library", torch.device(device), count, 10, "fp32", barrier.wait)
     steps.append(seconds)
 
 
-def probe_step_seconds(session: Session, device: str, processes: int, count: int) -> float | None:
-    """Median demo-network training step (fp32, batch 1) while ``processes`` processes time theirs at
-    once (they start timing together, after each one's start-up and warm-up)."""
+def probe_step_seconds(session: Session, device: str, processes: int, batch: int, count: int) -> float | None:
+    """Median demo-network training step (fp32, ``batch`` blocks) while ``processes`` processes time
+    theirs at once (they start timing together, after each one's start-up and warm-up)."""
     context = multiprocessing.get_context("spawn")  # CUDA does not survive a fork
     with context.Manager() as manager:
         barrier, steps = manager.Barrier(processes, timeout=120), manager.list()
-        arguments = (device, count, barrier, steps)
+        arguments = (device, batch, count, barrier, steps)
         workers = [context.Process(target=_probe_worker, args=arguments) for _ in range(processes)]
         session.say(f"probe: {processes} processes at once, {count} steps each")
         for worker in workers:
@@ -174,6 +174,13 @@ def main() -> None:
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS))
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="training seeds per schema")
     parser.add_argument("--probe-steps", type=int, default=60)
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=8,
+        help="blocks per step of every comparison run, whole volumes and patches alike (the first lease ran "
+        "batch 1 and 2: 15 processes at batch 1 leave an H200 waiting on kernel launches)",
+    )
     args = parser.parse_args()
     session = Session(args.seconds, args.results)
     python = sys.executable
@@ -190,7 +197,7 @@ def main() -> None:
         session.run("inference-bf16", [*inference, "--backends", "torch", "--repeats", "3"], 100)
 
     runs = len(args.seeds) * len(args.schemas)
-    step = probe_step_seconds(session, args.device, runs + 1, args.probe_steps) or 0.05
+    step = probe_step_seconds(session, args.device, runs + 1, args.batch, args.probe_steps) or 0.05
     window = session.left() - PACK_S - TEST_S  # seconds until every training run must be done
     step *= SLOWDOWN
     iterations = int((window - SETUP_S - SCHEMA_EPOCHS * VALIDATION_S) / step / SCHEMA_EPOCHS)
@@ -210,6 +217,8 @@ def main() -> None:
     curriculum += ["--train-cases", str(args.train_cases), "--test-cases", str(args.test_cases)]
     curriculum += ["--shape", *args.shape, "--epochs", str(SCHEMA_EPOCHS), "--iterations", str(iterations)]
     curriculum += ["--schemas", *args.schemas, "--seeds", *args.seeds, "--jobs", str(runs), "--phantom-workers", "8"]
+    batch = str(args.batch)
+    curriculum += ["--whole-batch", batch, "--patch-batch", batch, "--loader-workers", "2"]
     recipe = [python, str(HERE / "recipe.py"), "--out", str(args.out / "demo"), "--device", args.device]
     recipe += ["--train-cases", str(args.demo_train_cases), "--validation-cases", str(args.demo_validation_cases)]
     recipe += ["--stages", str(DEMO_EPOCHS), "--iterations", str(demo_iterations), "--variants", "continue-poly"]
@@ -232,7 +241,7 @@ def main() -> None:
     if logger:
         logger.terminate()
         session.say(mean_utilisation(args.results))
-    tabulate = [*curriculum[:-2], "--jobs", "0", "--markdown", str(args.results / "curriculum.md")]
+    tabulate = [*curriculum, "--jobs", "0", "--markdown", str(args.results / "curriculum.md")]
     session.run("curriculum-table", tabulate, 15)
     pack(args.out, args.results, args.archive)
     session.say("packed")

@@ -19,7 +19,13 @@ Variants (each measured on the same network and blocks):
 * ``library``: the step as :class:`livertumor.training.Trainer` runs it now (oneDNN backward too, see
   ``livertumor.networks._BatchOneConv3d``);
 * ``compiled``: the step under ``torch.compile`` (inductor, which picks its own convolution kernels),
-  compile time reported separately.
+  compile time reported separately;
+* ``compiled-graphs``: the same with ``mode="reduce-overhead"``: on a GPU the step replays as CUDA graphs,
+  which removes the launch cost of the many small kernels of a small network (the same as ``compiled``
+  on the CPU).
+
+``--batches`` times each network at several batch sizes (a GPU running the demo network is bound by
+kernel launches, so a bigger batch costs little more per step).
 On a GPU every variant runs under bf16 autocast unless ``--precision fp32`` (the precision
 :class:`livertumor.training.Trainer` trains in).
 """
@@ -27,6 +33,7 @@ On a GPU every variant runs under bf16 autocast unless ``--precision fp32`` (the
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -80,7 +87,7 @@ def time_steps(
     is called between the warm-up and the timed steps (e.g. a barrier of processes timed together)."""
     torch.manual_seed(0)
     network = ResUNet3d(config).to(device)
-    if variant == "compiled":
+    if variant.startswith("compiled"):
         plain_convolutions(network)
     optimizer = torch.optim.Adam(network.parameters(), lr=1e-3)
     image = torch.rand(batch, 1, *block, device=device)
@@ -95,7 +102,8 @@ def time_steps(
         loss.backward()
         optimizer.step()
 
-    run = torch.compile(step) if variant == "compiled" else step
+    modes = {"compiled": "default", "compiled-graphs": "reduce-overhead"}
+    run = torch.compile(step, mode=modes[variant]) if variant in modes else step
     started = time.perf_counter()
     run()
     _sync(device)
@@ -127,6 +135,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--variants", nargs="+", default=["reference", "library", "compiled"])
     parser.add_argument("--networks", nargs="+", default=list(NETWORKS))
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: each network's own)")
     parser.add_argument("--paper-block", type=int, nargs=3)
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="on a GPU (the CPU: fp32)")
     parser.add_argument("--markdown")
@@ -141,12 +150,13 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in args.networks:
-        config, block, batch = NETWORKS[name]
+        config, block, own_batch = NETWORKS[name]
         if name == "paper" and args.paper_block:
             block = tuple(args.paper_block)
-        flops = step_flops(config, block, batch)
         baseline = None
-        for variant in args.variants:
+        for batch, variant in itertools.product(args.batches or [own_batch], args.variants):
+            flops = step_flops(config, block, batch)
+            baseline = None if variant == args.variants[0] else baseline  # speed-up within one batch size
             seconds, first = time_steps(config, block, batch, variant, device, args.steps, args.warmup, args.precision)
             baseline = baseline or seconds
             lines.append(
