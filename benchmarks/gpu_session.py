@@ -12,8 +12,9 @@ limit from ``--seconds`` and a step that fails or overruns is logged and skipped
 2. ``inference.py``: one forward and ``segment`` end to end on a 512x512x120 CT, bf16;
 3. a probe: as many demo-network training steps at once as there will be training processes, which
    gives the step time under that load, hence how many iterations fit the time left;
-4. ``curriculum.py`` (``--jobs`` = all runs at once, ``--batch`` blocks a step) and ``recipe.py`` (``continue-poly`` from the shipped
-   demo model, blocks in pairs) started together, with GPU utilisation logged every second;
+4. ``curriculum.py`` (``--jobs`` = all runs at once, ``--batch`` blocks a step) and ``recipe.py``
+   (``continue-poly`` from the shipped demo model, blocks in pairs) started together, with GPU utilisation
+   logged every second;
 5. everything small enough (tables, logs, result rows, the continued model) packed into
    ``--archive`` (one file: the lease brings few back), and a summary printed last.
 """
