@@ -2,7 +2,7 @@
 head initialisation.
 
     python benchmarks/collapse.py --out /tmp/collapse [--seeds 0 1 2] [--priors 0.01 none] [--epochs 2]
-        [--iterations 90] [--batch 1] [--init-seed N] [--train-cases 40]
+        [--iterations 90] [--batch 1] [--init-seed N] [--zero-head] [--train-cases 40]
 
 Each run trains the demo's network with two classes (background, tumour), the naive schema, the paper's
 weighted Dice at ``--batch`` whole blocks a step (the paper's 1), on the schema comparison's phantoms
@@ -12,6 +12,8 @@ validation DG stays 0 marks no tumour voxel at all: on the GPU such a seed never
 (docs/results/curriculum.md). A seed sets both the initial weights and the blocks drawn; ``--init-seed``
 takes the initial weights from another seed, to tell the two apart. "initial peak p" is the highest
 tumour probability the untrained network gives in a central block of the first validation phantom.
+``--zero-head`` starts the head's last convolution at zero weights (its biases keep the prior), so no
+class starts with every feature voting against it.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=90)
     parser.add_argument("--batch", type=int, default=1, help="whole-volume blocks per step")
     parser.add_argument("--init-seed", type=int, help="initial weights from this seed (default: the run's seed)")
+    parser.add_argument("--zero-head", action="store_true", help="the head's last convolution starts at zero")
     parser.add_argument("--train-cases", type=int, default=40)
     args = parser.parse_args()
     data = args.out / "train"
@@ -60,8 +63,8 @@ def main() -> None:
     base = TrainConfig.from_json(json.loads(SETTINGS.read_text()))
     probe = prepare_case(validation[0], base.preprocess).image
     print(
-        "| head prior | batch | seed (blocks) | seed (initial weights) | initial peak p | validation DG per epoch "
-        "| training loss per epoch |\n|---|---|---|---|---|---|---|"
+        "| head prior | head weights | batch | seed (blocks) | seed (initial weights) | initial peak p "
+        "| validation DG per epoch | training loss per epoch |\n|---|---|---|---|---|---|---|---|"
     )
     for prior in args.priors:
         architecture = replace(base.architecture, classes=2, foreground_prior=None if prior == "none" else float(prior))
@@ -77,9 +80,15 @@ def main() -> None:
                 whole_batch=args.batch,
             )
             init_seed = seed if args.init_seed is None else args.init_seed
-            model = args.out / f"model-{prior}-batch{args.batch}-seed{seed}-init{init_seed}"
+            model = (
+                args.out
+                / f"model-{prior}{'-zerohead' if args.zero_head else ''}-batch{args.batch}-seed{seed}-init{init_seed}"
+            )
             torch.manual_seed(init_seed)  # as the Trainer seeds its own network
             network = ResUNet3d(architecture)
+            head = "zero" if args.zero_head else "Kaiming"
+            if args.zero_head:
+                torch.nn.init.zeros_(network.head[-1].weight)
             peak = initial_peak(network, probe, base.preprocess.block)
             if not model.exists():
                 train_model(train, validation, config, model, name="collapse", initial={"tumour": network.state_dict()})
@@ -87,7 +96,7 @@ def main() -> None:
                 rows = list(csv.DictReader(handle))
             scores = ", ".join(f"{float(row['dg'] or 0):.3f}" for row in rows)
             losses = ", ".join(f"{float(row['loss']):.3f}" for row in rows)
-            row = f"| {prior} | {args.batch} | {seed} | {init_seed} | {peak:.3f} | {scores} | {losses} |"
+            row = f"| {prior} | {head} | {args.batch} | {seed} | {init_seed} | {peak:.3f} | {scores} | {losses} |"
             print(row, flush=True)
 
 
