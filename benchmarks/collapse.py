@@ -2,7 +2,7 @@
 head initialisation.
 
     python benchmarks/collapse.py --out /tmp/collapse [--seeds 0 1 2] [--priors 0.01 none] [--epochs 2]
-        [--iterations 90] [--batch 1] [--init-seed N] [--zero-head] [--train-cases 40]
+        [--iterations 90] [--batch 1] [--init-seed N] [--head kaiming|zero|balanced] [--train-cases 40]
 
 Each run trains the demo's network with two classes (background, tumour), the naive schema, the paper's
 weighted Dice at ``--batch`` whole blocks a step (the paper's 1), on the schema comparison's phantoms
@@ -12,8 +12,9 @@ validation DG stays 0 marks no tumour voxel at all: on the GPU such a seed never
 (docs/results/curriculum.md). A seed sets both the initial weights and the blocks drawn; ``--init-seed``
 takes the initial weights from another seed, to tell the two apart. "initial peak p" is the highest
 tumour probability the untrained network gives in a central block of the first validation phantom.
-``--zero-head`` starts the head's last convolution at zero weights (its biases keep the prior), so no
-class starts with every feature voting against it.
+``--head`` sets the head's last convolution at the start (its biases keep the prior): ``kaiming`` as the
+library does; ``zero``, every voxel at the prior; ``balanced``, Kaiming magnitudes with signs alternating
+over the channels and a zero background row, so every foreground class has features voting for it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ from livertumor.training import TrainConfig, split_cases, train_model
 SETTINGS = Path(__file__).resolve().parents[1] / "Resources/Models/demo-curriculum.train.json"
 
 
+@torch.no_grad()
+def start_head(weight: torch.Tensor, kind: str) -> None:
+    """Overwrite the head's last (classes, channels, 1, 1, 1) weights as ``--head`` says."""
+    if kind == "zero":
+        weight.zero_()
+    elif kind == "balanced":
+        signs = torch.tensor([(-1.0) ** k for k in range(weight.shape[1])])[None, :, None, None, None]
+        weight.copy_(weight.abs() * signs)
+        weight[0].zero_()
+
+
 def initial_peak(network: ResUNet3d, image: np.ndarray, block: tuple[int, ...]) -> float:
     """The highest tumour probability ``network`` gives in the block at the centre of ``image``."""
     centre = tuple(slice((side - size) // 2, (side - size) // 2 + size) for side, size in zip(image.shape, block))
@@ -53,7 +65,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=90)
     parser.add_argument("--batch", type=int, default=1, help="whole-volume blocks per step")
     parser.add_argument("--init-seed", type=int, help="initial weights from this seed (default: the run's seed)")
-    parser.add_argument("--zero-head", action="store_true", help="the head's last convolution starts at zero")
+    parser.add_argument("--head", choices=("kaiming", "zero", "balanced"), default="kaiming")
     parser.add_argument("--train-cases", type=int, default=40)
     args = parser.parse_args()
     data = args.out / "train"
@@ -80,15 +92,11 @@ def main() -> None:
                 whole_batch=args.batch,
             )
             init_seed = seed if args.init_seed is None else args.init_seed
-            model = (
-                args.out
-                / f"model-{prior}{'-zerohead' if args.zero_head else ''}-batch{args.batch}-seed{seed}-init{init_seed}"
-            )
+            head = "" if args.head == "kaiming" else f"-{args.head}head"
+            model = args.out / f"model-{prior}{head}-batch{args.batch}-seed{seed}-init{init_seed}"
             torch.manual_seed(init_seed)  # as the Trainer seeds its own network
             network = ResUNet3d(architecture)
-            head = "zero" if args.zero_head else "Kaiming"
-            if args.zero_head:
-                torch.nn.init.zeros_(network.head[-1].weight)
+            start_head(network.head[-1].weight, args.head)
             peak = initial_peak(network, probe, base.preprocess.block)
             if not model.exists():
                 train_model(train, validation, config, model, name="collapse", initial={"tumour": network.state_dict()})
@@ -96,7 +104,7 @@ def main() -> None:
                 rows = list(csv.DictReader(handle))
             scores = ", ".join(f"{float(row['dg'] or 0):.3f}" for row in rows)
             losses = ", ".join(f"{float(row['loss']):.3f}" for row in rows)
-            row = f"| {prior} | {head} | {args.batch} | {seed} | {init_seed} | {peak:.3f} | {scores} | {losses} |"
+            row = f"| {prior} | {args.head} | {args.batch} | {seed} | {init_seed} | {peak:.3f} | {scores} | {losses} |"
             print(row, flush=True)
 
 
