@@ -129,14 +129,22 @@ def utilisation_logger(results: Path) -> subprocess.Popen | None:
 
 
 def mean_utilisation(results: Path) -> str:
+    """Busy share, memory and power over the logged seconds: "busy" counts any kernel running, so the power
+    drawn says how much of the chip the kernels filled."""
     rows = [line.split(", ") for line in (results / "gpu-utilisation.csv").read_text().splitlines() if line]
-    busy = [float(row[1]) for row in rows if len(row) > 2 and row[1].strip().isdigit()]
-    memory = [float(row[2]) for row in rows if len(row) > 2 and row[2].strip().isdigit()]
-    if not busy:
+    samples = []
+    for row in rows:
+        try:
+            samples.append(tuple(float(value) for value in row[1:4]))
+        except ValueError:  # "[N/A]" or a line cut off when the logger stopped
+            continue
+    if not samples:
         return "no utilisation samples"
+    busy, memory, power = zip(*samples)
     return (
         f"GPU utilisation over {len(busy)} s of training: mean {statistics.mean(busy):.0f} %, median "
-        f"{statistics.median(busy):.0f} %; memory used up to {max(memory):.0f} MiB"
+        f"{statistics.median(busy):.0f} %; memory used up to {max(memory):.0f} MiB; power mean "
+        f"{statistics.mean(power):.0f} W, at most {max(power):.0f} W"
     )
 
 
