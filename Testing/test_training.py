@@ -21,7 +21,15 @@ from livertumor.data import Augmentation, CurriculumSamples, prepare_case, tumou
 from livertumor.datasets import find_cases
 from livertumor.errors import DatasetError, LiverTumorError
 from livertumor.preprocess import PreprocessConfig
-from livertumor.training import SCHEMAS, TrainConfig, Trainer, scheduled_rate, train_model, worker_context
+from livertumor.training import (
+    AVERAGE,
+    SCHEMAS,
+    TrainConfig,
+    Trainer,
+    scheduled_rate,
+    train_model,
+    worker_context,
+)
 
 
 @pytest.fixture(scope="module")
@@ -416,3 +424,36 @@ def test_a_killed_save_leaves_no_half_checkpoint_and_plots_come_before_the_model
         train_model(train, validation, TrainConfig.from_json(TINY_SETTINGS), tmp_path / "model", work_dir=work)
     assert not stale.exists()
     assert (work / "loss.png").is_file() and not (tmp_path / "model").exists()
+
+
+def test_weight_average_is_what_is_validated_saved_and_resumed(prepared, tmp_path):
+    trainer = tiny_trainer(prepared, tmp_path / "run", stage_epochs=[1, 1, 1], weight_average=0.9)
+    history = trainer.run()
+    saved = load_file(str(trainer.last_path))
+    trained = {k[len("model.") :]: v for k, v in saved.items() if k.startswith("model.")}
+    average = {k[len(AVERAGE) :]: v for k, v in saved.items() if k.startswith(AVERAGE)}
+    assert average.keys() == trained.keys()
+    assert any(not torch.equal(average[k], trained[k]) for k in trained)
+    # the saved weights are the validated ones: the averaged weights of the best epoch score its Dice
+    check = tiny_trainer(prepared, tmp_path / "check")
+    check.model.load_state_dict(trainer.best_weights())
+    best = max(history, key=lambda row: row["dg"])
+    scored = check.validate()
+    assert (scored["dg"], scored["dc"], scored["assd"]) == pytest.approx((best["dg"], best["dc"], best["assd"]))
+    # a resumed run restores the average along with the weights
+    resumed = tiny_trainer(prepared, tmp_path / "run", stage_epochs=[1, 1, 1], weight_average=0.9)
+    resumed.run()
+    assert all(torch.equal(resumed.averaged.state_dict()[k].cpu(), v) for k, v in average.items())
+
+
+def test_weight_average_moves_a_fixed_share_towards_the_trained_weights(prepared, tmp_path):
+    trainer = tiny_trainer(prepared, tmp_path, weight_average=0.75)
+    with torch.no_grad():
+        for average, current in zip(trainer.averaged.parameters(), trainer.model.parameters()):
+            average.fill_(1.0)
+            current.fill_(5.0)
+    trainer._update_average()
+    assert all(torch.allclose(p, torch.full_like(p, 2.0)) for p in trainer.averaged.parameters())
+    assert tiny_trainer(prepared, tmp_path / "plain").averaged is None
+    with pytest.raises(LiverTumorError, match="weight_average"):
+        TrainConfig(weight_average=1.0)

@@ -38,11 +38,10 @@ def unseen_phantoms(seed: int, cases: int) -> list:
     return [make_phantom(seed + n, lesion_count=0 if (n + 1) % LESION_FREE_EVERY == 0 else None) for n in range(cases)]
 
 
-def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in_liver: bool | None) -> dict:
-    """The targets' figures for one model and post-processing choice."""
+def phantom_figures(cases: list[tuple]) -> dict:
+    """The targets' figures on phantoms, from ``(phantom, labels)`` pairs (labels on the phantom's grid)."""
     stats, large, small, false_ml, liver, enhanced, large_enhanced = [], [0, 0], [0, 0], [], [], [], [0, 0]
-    for phantom in phantoms:
-        labels = segment(phantom.ct, model=model, device="cpu", tumour_in_liver=tumour_in_liver).labels.array
+    for phantom, labels in cases:
         truth = phantom.label.array
         case = evaluate_pair(labels, truth, phantom.ct.grid.spacing_zyx, "case")
         stats.append(case.stats)
@@ -57,7 +56,6 @@ def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in
             if lesion.diameter_mm >= 10 and phantom.phase != "native":
                 large_enhanced[0] += lesion.matched is not None
                 large_enhanced[1] += 1
-    real = segment(real_ct, model=model, device="cpu", tumour_in_liver=tumour_in_liver).labels.array
     return {
         "dg": dice_global(stats),
         "dg_enhanced": dice_global(enhanced),
@@ -67,6 +65,20 @@ def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in
         "lesions": f"{large[1]} + {small[1]}",
         "fp_ml": max(false_ml) if false_ml else float("nan"),
         "liver_dc": float(np.mean(liver)),
+    }
+
+
+def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in_liver: bool | None) -> dict:
+    """The targets' figures for one model and post-processing choice."""
+    figures = phantom_figures(
+        [
+            (phantom, segment(phantom.ct, model=model, device="cpu", tumour_in_liver=tumour_in_liver).labels.array)
+            for phantom in phantoms
+        ]
+    )
+    real = segment(real_ct, model=model, device="cpu", tumour_in_liver=tumour_in_liver).labels.array
+    return {
+        **figures,
         "real_liver_dc": dice(real >= 1, real_liver),
         "real_tumour_ml": float((real == 2).sum()) * real_ct.grid.voxel_volume_ml,
     }

@@ -23,7 +23,9 @@ Variants:
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
 * ``continue-poly-tumour-half``: the same from 2.5e-4 with half the blocks around a tumour (for the large
-  lesions a continued model still misses).
+  lesions a continued model still misses);
+* ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
+  of the weights (``weight_average`` 0.999) instead of the weights of the last step.
 
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder).
 ``--device`` and ``--whole-batch`` override the settings' (``cpu``, 1) for every variant: a GPU takes
@@ -67,6 +69,14 @@ VARIANTS = {
         "learning_rate": 2.5e-4,
         "lr_schedule": "poly",
         "tumour_fraction": 0.5,
+    },
+    "continue-average": {
+        "schema": "naive",
+        "loss": "weighted-dice",
+        "learning_rate": 2.5e-4,
+        "lr_schedule": "poly",
+        "tumour_fraction": 0.25,
+        "weight_average": 0.999,
     },
 }
 

@@ -14,6 +14,7 @@ rank draws its share of each epoch's samples, rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -108,6 +109,11 @@ class TrainConfig:
     #: post-processing), in validation and, through the card, in ``segment``. Opt-in: it needs a liver
     #: prediction good enough that its largest component is the liver.
     tumour_in_liver: bool = False
+    #: Exponential moving average of the weights (Polyak averaging): each step the average moves
+    #: ``1 - weight_average`` of the way to the trained weights, and the average is what is validated
+    #: and saved. 0 (the paper) validates and saves the trained weights themselves. At batch 1 the
+    #: weights jitter from step to step; 0.999 averages over about the last 1,000 steps.
+    weight_average: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schema not in SCHEMAS:
@@ -116,6 +122,8 @@ class TrainConfig:
             raise LiverTumorError(f"unknown loss {self.loss!r}; choose one of {', '.join(LOSSES)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise LiverTumorError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise LiverTumorError(f"weight_average must be in [0, 1), got {self.weight_average}")
 
     def stage_plan(self) -> list[tuple[str, int, float]]:
         """``(kind, epochs, learning rate)`` per stage."""
@@ -182,30 +190,42 @@ def _start_distributed(device: torch.device) -> _Distributed:
     return _Distributed(dist.get_rank(), dist.get_world_size())
 
 
-def _checkpoint_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+def _checkpoint_tensors(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, averaged: torch.nn.Module | None
+) -> dict[str, torch.Tensor]:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if averaged is not None:
+        tensors.update({f"{AVERAGE}{k}": v.detach().cpu().contiguous() for k, v in averaged.state_dict().items()})
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     return tensors
 
 
-def save_checkpoint(path: Path, model, optimizer, progress: dict) -> None:
-    """One file, replaced atomically: weights, Adam's state and ``progress`` (JSON in the metadata)."""
+#: Key prefix of the averaged weights in a checkpoint (``TrainConfig.weight_average``).
+AVERAGE = "average."
+
+
+def save_checkpoint(path: Path, model, optimizer, progress: dict, averaged: torch.nn.Module | None = None) -> None:
+    """One file, replaced atomically: weights, Adam's state, the averaged weights if any and
+    ``progress`` (JSON in the metadata)."""
     groups = optimizer.state_dict()["param_groups"]
     metadata = {"progress": json.dumps(progress), "param_groups": json.dumps(groups)}
     with atomic_path(path) as temporary:
-        save_file(_checkpoint_tensors(model, optimizer), str(temporary), metadata=metadata)
+        save_file(_checkpoint_tensors(model, optimizer, averaged), str(temporary), metadata=metadata)
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore weights and optimizer from :func:`save_checkpoint`; returns the progress dict."""
+def load_checkpoint(path: Path, model, optimizer, averaged: torch.nn.Module | None = None) -> dict:
+    """Restore weights, optimizer and averaged weights from :func:`save_checkpoint`; returns the
+    progress dict."""
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata()
     tensors = load_file(str(path))
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict(_with_prefix(tensors, "model."))
+    if averaged is not None:
+        averaged.load_state_dict(_with_prefix(tensors, AVERAGE))
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -213,6 +233,10 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     return json.loads(metadata["progress"])
+
+
+def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
 
 @dataclass
@@ -262,6 +286,8 @@ class Trainer:
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(self.device)
+        # the average starts at the initial weights, so a fine-tuned model starts from its parent
+        self.averaged = copy.deepcopy(self.model).requires_grad_(False) if config.weight_average else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.last_path = self.work_dir / f"{task}-last.safetensors"
@@ -316,7 +342,7 @@ class Trainer:
         plan = self.config.stage_plan()
         progress = {"stage": 0, "epoch": 0, "best": -1.0, "history": [], "before": {}}
         if self.last_path.exists():
-            progress = load_checkpoint(self.last_path, self.model, self.optimizer)
+            progress = load_checkpoint(self.last_path, self.model, self.optimizer, self.averaged)
             self._emit(event="resumed", stage=progress["stage"], epoch=progress["epoch"])
         elif self.fine_tuning and self.distributed.main:
             # The starting model scored on the same validation cases: the "before" of fine-tuning.
@@ -358,6 +384,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
+                    self._update_average()
                     losses.append(float(loss.detach()))
                     steps_this_run += 1
                     done = first_step + steps_this_run
@@ -391,8 +418,8 @@ class Trainer:
                 if self.distributed.main:
                     if score is not None and score > progress["best"]:
                         progress["best"] = score
-                        save_checkpoint(self.best_path, self.model, self.optimizer, progress)
-                    save_checkpoint(self.last_path, self.model, self.optimizer, progress)
+                        save_checkpoint(self.best_path, self.model, self.optimizer, progress, self.averaged)
+                    save_checkpoint(self.last_path, self.model, self.optimizer, progress, self.averaged)
                     self._write_log(progress["history"])
                 self._emit(event="epoch", done=len(progress["history"]), total=total_epochs, **row)
             progress["epoch"] = 0
@@ -401,14 +428,30 @@ class Trainer:
         return progress["history"]
 
     @torch.no_grad()
+    def _update_average(self) -> None:
+        if self.averaged is None:
+            return
+        step = 1.0 - self.config.weight_average
+        for average, current in zip(self.averaged.parameters(), self.model.parameters()):
+            average.lerp_(current, step)
+        for average, current in zip(self.averaged.buffers(), self.model.buffers()):
+            average.copy_(current)
+
+    @property
+    def evaluated(self) -> torch.nn.Module:
+        """The network that is validated and saved: the averaged weights where the run keeps them."""
+        return self.model if self.averaged is None else self.averaged
+
+    @torch.no_grad()
     def validate(self) -> dict:
         """Whole-volume sliding-window inference on the validation cases, on the network's grid."""
         if not self.validation_cases:
             return {}
+        network = self.evaluated
         stats, rows, small_found, small_total, free_ml, has_tumour = [], [], 0, 0, 0.0, False
         for case in self.validation_cases:
             probabilities = sliding_window(
-                self.model,
+                network,
                 case.image,
                 self.block,
                 self.config.architecture.divisor,
@@ -458,7 +501,7 @@ class Trainer:
         """The best validated weights (the last ones when there was no validation)."""
         path = self.best_path if self.best_path.exists() else self.last_path
         tensors = load_file(str(path))
-        return {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        return _with_prefix(tensors, AVERAGE if self.averaged is not None else "model.")
 
 
 def plot_history(history: list[dict], folder: Path, title: str) -> list[Path]:
