@@ -1,7 +1,7 @@
 """Diagnosis of the training recipe: one network, one data set, one budget, recipes that differ in one thing.
 
-    python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--stages 6 2 3]
-        [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
+    python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
+        [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
         [--whole-batch 2] [--phantom-workers 16] [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--train-cases", type=int, default=12)
     parser.add_argument("--validation-cases", type=int, default=3)
+    parser.add_argument("--train-seed", type=int, default=500, help="seed of the training phantoms (validation: 600)")
     parser.add_argument("--stages", type=int, nargs="+", default=[6, 2, 3], help="epochs per stage of the schema")
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -99,7 +100,7 @@ def main() -> None:
     train_dir, validation_dir = args.out / "train", args.out / "validation"
     if not train_dir.exists():
         workers = args.phantom_workers
-        write_phantom_dataset(train_dir, args.train_cases, seed=500, suffix=".nii.gz", workers=workers)
+        write_phantom_dataset(train_dir, args.train_cases, seed=args.train_seed, suffix=".nii.gz", workers=workers)
         write_phantom_dataset(validation_dir, args.validation_cases, seed=600, suffix=".nii.gz", workers=workers)
     train, validation = find_cases(train_dir), find_cases(validation_dir)
     base = TrainConfig.from_json(json.loads(SETTINGS.read_text()))
@@ -145,7 +146,8 @@ def main() -> None:
         save_figure(figure, args.markdown.with_name("recipe-curves.png"))
         command = (
             f"python benchmarks/recipe.py --out {args.out} --train-cases {args.train_cases} --validation-cases "
-            f"{args.validation_cases} --stages {' '.join(map(str, args.stages))} --iterations {args.iterations} "
+            f"{args.validation_cases} --train-seed {args.train_seed} --stages {' '.join(map(str, args.stages))} "
+            f"--iterations {args.iterations} "
             f"--variants {' '.join(args.variants)} --markdown {args.markdown}"
             + (f" --init {args.init}" if args.init else "")
             + (f" --device {args.device}" if args.device else "")

@@ -1,0 +1,50 @@
+"""Validation curves of several training runs in one figure, from their epoch logs (``*-log.csv``):
+
+    python benchmarks/plot_logs.py --out docs/results/figure.png "label one=/tmp/a/work/joint-log.csv" ...
+        [--baseline "version 5=0.374"]
+
+Each log's validation tumour Dice global per epoch; ``--baseline`` draws a labelled horizontal line (e.g.
+the starting model's score on the same validation cases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+from livertumor.plotting import pyplot, save_figure
+
+
+def labelled(text: str) -> tuple[str, str]:
+    """``label=value`` split at its last ``=``."""
+    label, _, value = text.rpartition("=")
+    if not label:
+        raise argparse.ArgumentTypeError(f"expected label=value, got {text!r}")
+    return label, value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("logs", nargs="+", type=labelled, help="label=path of an epoch log")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--baseline", type=labelled, action="append", default=[], help="label=Dice")
+    args = parser.parse_args()
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for label, path in args.logs:
+        with open(path, newline="") as handle:
+            scores = [float(row["dg"]) if row.get("dg") else float("nan") for row in csv.DictReader(handle)]
+        axis.plot(range(1, len(scores) + 1), scores, marker="o", label=label)
+    for label, value in args.baseline:
+        axis.axhline(float(value), color="grey", linestyle="--", label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("validation tumour Dice global")
+    axis.legend()
+    figure.tight_layout()
+    save_figure(figure, args.out)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
