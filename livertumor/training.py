@@ -112,7 +112,8 @@ class TrainConfig:
     #: Exponential moving average of the weights (Polyak averaging): each step the average moves
     #: ``1 - weight_average`` of the way to the trained weights, and the average is what is validated
     #: and saved. 0 (the paper) validates and saves the trained weights themselves. At batch 1 the
-    #: weights jitter from step to step; 0.999 averages over about the last 1,000 steps.
+    #: weights jitter from step to step; 0.999 averages over about the last 1,000 steps (continuing the
+    #: demo model it did not help: docs/results/demo-model.md).
     weight_average: float = 0.0
 
     def __post_init__(self) -> None:
@@ -190,6 +191,10 @@ def _start_distributed(device: torch.device) -> _Distributed:
     return _Distributed(dist.get_rank(), dist.get_world_size())
 
 
+#: Key prefix of the averaged weights in a checkpoint (``TrainConfig.weight_average``).
+AVERAGE = "average."
+
+
 def _checkpoint_tensors(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, averaged: torch.nn.Module | None
 ) -> dict[str, torch.Tensor]:
@@ -200,10 +205,6 @@ def _checkpoint_tensors(
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     return tensors
-
-
-#: Key prefix of the averaged weights in a checkpoint (``TrainConfig.weight_average``).
-AVERAGE = "average."
 
 
 def save_checkpoint(path: Path, model, optimizer, progress: dict, averaged: torch.nn.Module | None = None) -> None:
@@ -437,17 +438,12 @@ class Trainer:
         for average, current in zip(self.averaged.buffers(), self.model.buffers()):
             average.copy_(current)
 
-    @property
-    def evaluated(self) -> torch.nn.Module:
-        """The network that is validated and saved: the averaged weights where the run keeps them."""
-        return self.model if self.averaged is None else self.averaged
-
     @torch.no_grad()
     def validate(self) -> dict:
         """Whole-volume sliding-window inference on the validation cases, on the network's grid."""
         if not self.validation_cases:
             return {}
-        network = self.evaluated
+        network = self.model if self.averaged is None else self.averaged  # what is saved is what is scored
         stats, rows, small_found, small_total, free_ml, has_tumour = [], [], 0, 0, 0.0, False
         for case in self.validation_cases:
             probabilities = sliding_window(
