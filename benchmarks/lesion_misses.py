@@ -44,6 +44,7 @@ def lesion_rows(phantom, labels: np.ndarray, probability: np.ndarray, seed: int)
         shell = ndimage.binary_dilation(inside, iterations=2) & liver & ~inside
         around = hu[shell] if shell.any() else hu[liver]
         spread = float(around.std()) or 1.0
+        contrast = float(hu[inside].mean() - around.mean())
         rows.append(
             {
                 "seed": seed,
@@ -51,8 +52,8 @@ def lesion_rows(phantom, labels: np.ndarray, probability: np.ndarray, seed: int)
                 "kind": lesion.kind,
                 "placement": lesion.placement,
                 "diameter_mm": round(lesion.diameter_mm, 1),
-                "contrast_hu": round(float(hu[inside].mean() - around.mean()), 1),
-                "cnr": round(abs(float(hu[inside].mean() - around.mean())) / spread, 2),
+                "contrast_hu": round(contrast, 1),
+                "cnr": round(abs(contrast) / spread, 2),
                 "max_probability": round(float(probability[inside].max()), 3),
                 "found": bool((labels[inside] == 2).any()),
                 "labelled": LABEL_NAMES[int(np.bincount(labels[inside], minlength=3).argmax())],
@@ -68,6 +69,13 @@ def thresholded(labels: np.ndarray, probability: np.ndarray, threshold: float) -
     out[organ] = 1
     out[organ & (probability >= threshold)] = 2
     return out
+
+
+def found_cells(rows: list[dict]) -> str:
+    """Table cells: lesions ≥ 10 mm, how many found, lesions < 10 mm, how many found."""
+    large = [r for r in rows if r["diameter_mm"] >= 10]
+    small = [r for r in rows if r["diameter_mm"] < 10]
+    return f"{len(large)} | {sum(r['found'] for r in large)} | {len(small)} | {sum(r['found'] for r in small)}"
 
 
 def segmented(model: str, seed: int, count: int) -> list[tuple]:
@@ -109,24 +117,14 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for low, high in zip(CNR_BINS, CNR_BINS[1:]):
         inside = [r for r in rows if low <= r["cnr"] < high]
-        large = [r for r in inside if r["diameter_mm"] >= 10]
-        small = [r for r in inside if r["diameter_mm"] < 10]
         missed = [r["max_probability"] for r in inside if not r["found"]]
-        print(
-            f"| {low:g}-{high:g} | {len(large)} | {sum(r['found'] for r in large)} | {len(small)} | "
-            f"{sum(r['found'] for r in small)} | {np.median(missed) if missed else float('nan'):.2f} |"
-        )
+        print(f"| {low:g}-{high:g} | {found_cells(inside)} | {np.median(missed) if missed else float('nan'):.2f} |")
     print(f"\nLesions with CNR ≥ {VISIBLE_CNR:g} by placement in the liver:\n")
     print("| placement | lesions ≥ 10 mm | found | lesions < 10 mm | found |")
     print("|---|---|---|---|---|")
     visible = [r for r in rows if r["cnr"] >= VISIBLE_CNR]
     for placement in sorted({r["placement"] for r in visible}):
-        large = [r for r in visible if r["placement"] == placement and r["diameter_mm"] >= 10]
-        small = [r for r in visible if r["placement"] == placement and r["diameter_mm"] < 10]
-        print(
-            f"| {placement} | {len(large)} | {sum(r['found'] for r in large)} | {len(small)} | "
-            f"{sum(r['found'] for r in small)} |"
-        )
+        print(f"| {placement} | {found_cells([r for r in visible if r['placement'] == placement])} |")
     print("\nMissed lesions ≥ 10 mm:\n")
     print("| seed | phase | kind | placement | diameter mm | contrast HU | CNR | max. probability | mostly labelled |")
     print("|---|---|---|---|---|---|---|---|---|")

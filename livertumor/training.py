@@ -198,9 +198,9 @@ AVERAGE = "average."
 def _checkpoint_tensors(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, averaged: torch.nn.Module | None
 ) -> dict[str, torch.Tensor]:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = _prefixed(model.state_dict(), "model.")
     if averaged is not None:
-        tensors.update({f"{AVERAGE}{k}": v.detach().cpu().contiguous() for k, v in averaged.state_dict().items()})
+        tensors.update(_prefixed(averaged.state_dict(), AVERAGE))
     for index, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
@@ -234,6 +234,11 @@ def load_checkpoint(path: Path, model, optimizer, averaged: torch.nn.Module | No
             state.setdefault(int(index), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
     return json.loads(metadata["progress"])
+
+
+def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """``state`` under checkpoint keys ``prefix`` + name, on the CPU; :func:`_with_prefix` reads it back."""
+    return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def _with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
