@@ -333,7 +333,9 @@ def test_joint_three_class_network_learns_liver_as_context(tiny_data, tmp_path):
     result = train_model(train, validation, TrainConfig.from_json(settings), tmp_path / "joint", name="joint")
     card = json.loads((tmp_path / "joint" / "card.json").read_text())
     assert card["architecture"]["classes"] == 3 and card["tumour_in_liver"] is True
-    assert {"dg", "dc"} <= set(result.validation)
+    assert {"dg", "dg_raw", "dc"} <= set(result.validation)  # scored as segmented, and without post-processing
+    log = (tmp_path / "joint.work" / "joint-log.csv").read_text().splitlines()[0].split(",")
+    assert {"dg", "dg_raw"} <= set(log)
     labels = segment(read_ct(tiny_data / "volume-1.nii"), model=tmp_path / "joint", device="cpu").labels.array
     assert set(np.unique(labels)) <= {0, 1, 2}
     with pytest.raises(ValueError, match="2 classes each"):

@@ -27,7 +27,8 @@ Variants:
 * ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
   of the weights (``weight_average`` 0.999) instead of the weights of the last step.
 
-``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder).
+``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder) and
+validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
 ``--device`` and ``--whole-batch`` override the settings' (``cpu``, 1) for every variant: a GPU takes
 bigger batches at nearly the same step time.
 """
@@ -111,6 +112,9 @@ def main() -> None:
         trained = load_model(args.init)
         initial = {role: network.state_dict() for role, network in trained.networks.items()}
         parent = f"{trained.card.name}:{trained.card.version}"
+        # validated as the continued model segments: a best epoch picked by Dice without the card's
+        # post-processing was picked by the false tumour outside the liver (docs/results/demo-model.md)
+        base = replace(base, tumour_in_liver=trained.card.tumour_in_liver)
     curves, rows = {}, []
     for name in args.variants:
         config = replace(base, **VARIANTS[name])

@@ -51,9 +51,9 @@ def resample_to_grid(volume: Volume, grid: Grid, interpolation: Interpolation = 
 
     Images use ``linear`` or ``cubic`` (B-spline, float output); label maps use :func:`resample_label`.
     """
-    source = to_sitk(volume.with_array(volume.array.astype(np.float32, copy=False)))
-    if interpolation == "nearest":
-        source = to_sitk(volume)
+    if interpolation != "nearest":  # nearest keeps the values' type (label maps, component ids)
+        volume = volume.with_array(volume.array.astype(np.float32, copy=False))
+    source = to_sitk(volume)
     out = sitk.Resample(
         source,
         grid.shape[::-1],
