@@ -114,11 +114,9 @@ def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> 
         seen = np.bincount(sampled.ravel(), minlength=len(component_label)) > 0
         lost = np.flatnonzero(~seen[1:]) + 1
         if lost.size:
-            # a lost component is smaller than a target voxel: its own box, not the whole crop
-            boxes = ndimage.find_objects(components)
-            centroids = [
-                np.argwhere(components[boxes[c - 1]] == c).mean(0) + [b.start for b in boxes[c - 1]] for c in lost
-            ]
+            # one pass for all of them; each component's voxels hold its own id, so weighting by the ids
+            # weights a component's voxels equally
+            centroids = ndimage.center_of_mass(components, components, lost)
             points = source.grid.index_to_physical(np.asarray(centroids))
             indices = np.round(grid.physical_to_index(points)).astype(int)
             for component, index in zip(lost, indices):
