@@ -3,8 +3,9 @@
     python benchmarks/plot_logs.py --out docs/results/figure.png "label one=/tmp/a/work/joint-log.csv" ...
         [--baseline "version 5=0.374"]
 
-Each log's validation tumour Dice global per epoch; ``--baseline`` draws a labelled horizontal line (e.g.
-the starting model's score on the same validation cases).
+Each log's validation tumour Dice global per epoch (``path@column`` plots another column of the log, e.g.
+``@dg_raw``, the Dice without the card's post-processing); ``--baseline`` draws a labelled horizontal line
+(e.g. the starting model's score on the same validation cases).
 """
 
 from __future__ import annotations
@@ -32,15 +33,16 @@ def main() -> None:
     args = parser.parse_args()
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
-    for label, path in args.logs:
+    for label, source in args.logs:
+        path, _, column = source.partition("@")
         with open(path, newline="") as handle:
-            scores = [float(row["dg"]) if row.get("dg") else float("nan") for row in csv.DictReader(handle)]
+            scores = [float(row[column or "dg"] or "nan") for row in csv.DictReader(handle)]
         axis.plot(range(1, len(scores) + 1), scores, marker="o", label=label)
-    for label, value in args.baseline:
-        axis.axhline(float(value), color="grey", linestyle="--", label=label)
+    for (label, value), style in zip(args.baseline, ["--", ":", "-."] * len(args.baseline)):
+        axis.axhline(float(value), color="grey", linestyle=style, label=label)
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation tumour Dice global")
-    axis.legend()
+    axis.legend(fontsize="small")
     figure.tight_layout()
     save_figure(figure, args.out)
     print(args.out)
