@@ -282,8 +282,8 @@ def segment(
             if tumour is not None:
                 tumour[region] = result[channel]
             labels[region][classes == channel] = TUMOUR
-        # the class probabilities are the largest arrays, and the network's runtime holds its buffers
-        # (OpenVINO's: about 0.7 GB for a 64x272x256 window): gone before mapping back, the peak until then
+        # the class probabilities are the largest arrays, and a compiled runtime keeps its activation
+        # buffers while it lives: both gone before mapping back (until then its peak, docs/results/inference.md)
         del result, classes, forward
     keep_in_liver = loaded.card.tumour_in_liver if tumour_in_liver is None else tumour_in_liver
     if keep_in_liver and (labels == LIVER).any():
