@@ -154,6 +154,24 @@ def test_liver_is_lobed_with_vessels_inside(anatomy):
     assert liver[box].mean() < 0.5
 
 
+def test_lower_right_lobe_runs_down_the_right_lateral_wall_beside_the_kidney():
+    """The option adds a tongue of liver below the lobe's body, on the patient's right, outside the kidney."""
+    shape, spacing = (64, 96, 96), (4.0, 4.0, 4.0)
+    plain = make_phantom(3, shape, spacing, lesion_count=0, organ_map=True)
+    tongue = make_phantom(3, shape, spacing, lesion_count=0, organ_map=True, lower_right_lobe=True)
+    before, after = plain.label.array == 1, tongue.label.array == 1
+    added = after & ~before
+    assert not (before & ~after).any() and added.sum() * plain.ct.grid.voxel_volume_ml > 50
+    z_added, _, x_added = np.nonzero(added)
+    z_liver = np.nonzero(before)[0]
+    assert z_added.min() < z_liver.min()  # reaches lower than the lobe did (z index grows superior)
+    assert np.median(z_added) < np.median(z_liver)
+    assert np.median(x_added) < shape[2] * 0.3  # patient right (+x is patient left), lateral third
+    kidney = np.isin(plain.organs.array, [ORGAN_MAP_TISSUES.index(n) for n in ("kidney_cortex", "kidney_medulla")])
+    assert not (added & kidney).any()
+    assert (tongue.organs.array[added] == ORGAN_MAP_TISSUES.index("liver")).all()  # painted as liver, not labelled only
+
+
 def test_livers_vary_between_cases():
     livers = [make_phantom(s, (48, 128, 128), (5.0, 3.0, 3.0), lesion_count=0).label.array == 1 for s in range(4)]
     volumes = [liver.sum() for liver in livers]

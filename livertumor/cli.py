@@ -129,6 +129,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             phases=args.phases,
             kinds=args.kinds,
             workers=args.workers,
+            lower_right_lobe=args.lower_right_lobe,
         )
     _report_dataset(manifest, args.out)
     return 0
@@ -752,6 +753,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_number(int, 1, 256),
         default=1,
         help="processes writing cases at once (default 1; the files do not depend on it)",
+    )
+    phantom.add_argument(
+        "--lower-right-lobe",
+        action="store_true",
+        help="give the liver's right lobe a lower tongue along the lateral wall beside the kidney, as on real "
+        "scans (default off: a seed gives the phantom it always gave)",
     )
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)

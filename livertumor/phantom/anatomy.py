@@ -117,6 +117,7 @@ def make_phantom(
     phase: str | None = None,
     organ_map: bool = False,
     diameters_mm: Sequence[float] | None = None,
+    lower_right_lobe: bool = False,
 ) -> Phantom:
     """Generate one phantom case.
 
@@ -126,7 +127,10 @@ def make_phantom(
     down to fit a small field of view; lesion sizes stay in mm (5-80 mm) but never exceed
     :data:`.placement.MAX_LESION_SHARE` of the liver's smallest extent. ``organ_map`` also returns which tissue
     each voxel holds (before lesions; :data:`ORGAN_MAP_TISSUES`), for measuring the phantom;
-    ``diameters_mm`` fixes the lesions' sizes (cycling).
+    ``diameters_mm`` fixes the lesions' sizes (cycling). ``lower_right_lobe`` gives the right lobe a lower
+    tongue along the lateral wall beside the kidney, where the real scan's lower liver lies (a model trained
+    without it misses that part: docs/results/demo-model.md); off by default, so every seed still gives the
+    phantom it gave before.
     """
     rng = np.random.default_rng(seed)
     if phase is None:
@@ -138,7 +142,7 @@ def make_phantom(
     texture = smooth_field(rng, grid.shape, 8.0 / spacing)  # ~8 mm parenchymal texture
     detail = smooth_field(rng, grid.shape, 5.0 / spacing)  # ~5 mm: roughness, lesion margins
     painter = _Painter(canvas, table, texture, organ_map)
-    body = _Body(rng, canvas)
+    body = _Body(rng, canvas, lower_right_lobe)
     bowel = smooth_field(rng, grid.shape, 14.0 / spacing)  # ~14 mm: bowel loops
     body.paint_background(painter, detail, bowel)
     del bowel
@@ -223,8 +227,9 @@ def _blur_slices(volume: np.ndarray, sigma: float) -> np.ndarray:
 class _Body:
     """Case-specific body frame (sizes, positions) and the painting of each anatomical group."""
 
-    def __init__(self, rng: np.random.Generator, canvas: Canvas) -> None:
+    def __init__(self, rng: np.random.Generator, canvas: Canvas, lower_right_lobe: bool = False) -> None:
         self.canvas = canvas
+        self.lower_right_lobe = lower_right_lobe
         z, y, x = canvas.axes
         fov = np.asarray(canvas.grid.shape) * canvas.spacing
         self.s_xy = float(min(1.0, 0.45 * fov[2] / 165.0, 0.45 * fov[1] / 135.0))
@@ -513,4 +518,24 @@ class _Body:
             tree &= liver
             painter.paint(window, tree[window], tissue)
             vessels |= tree
+        if self.lower_right_lobe:
+            self.paint_lower_right_lobe(rng, painter, occupied, detail, liver)
         return liver, vessels
+
+    def paint_lower_right_lobe(
+        self, rng: np.random.Generator, painter: _Painter, occupied: np.ndarray, detail: np.ndarray, liver: np.ndarray
+    ) -> None:
+        """The right lobe's lower tongue: down the lateral wall, lateral to the right kidney, 4-7 cm long
+        below the lobe's body (drawn), added to ``liver``. On the real scan's organ map the lower liver is
+        such a tongue, not the rounded mid-depth end of the lobe's ellipsoid."""
+        canvas, k = self.canvas, self.liver_scale
+        length = rng.uniform(0.0, 1.0)
+        centre = self.point(-(130 + 20 * length) * k, 0.2 + rng.uniform(-0.08, 0.08), -0.72)
+        semi = np.array([(48 + 22 * length) * self.s_z, 0.34 * self.by, 0.17 * self.bx]) * k
+        window, rho = canvas.ellipsoid(centre, semi)
+        if window is None:
+            return
+        rho = rho - np.float32(0.07) * detail[window]  # the same roughness as the lobes'
+        tongue = (rho <= 1.0) & self.interior[window] & ~occupied[window] & ~liver[window]
+        painter.paint(window, tongue, "liver")
+        liver[window] |= tongue
