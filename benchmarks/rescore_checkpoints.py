@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from livertumor.data import prepare_case
 from livertumor.datasets import find_cases
@@ -25,15 +24,13 @@ from livertumor.inference import TUMOUR, class_map, drop_tumour_outside_liver, s
 from livertumor.metrics import dice_global, mask_stats
 from livertumor.models import load_model
 from livertumor.networks import ResUNet3d
-from livertumor.training import AVERAGE
+from livertumor.training import checkpoint_weights
 
 
 def checkpoint_network(path: Path, model) -> torch.nn.Module:
-    """The network of a training checkpoint: its averaged weights if it has them, else the trained ones."""
-    tensors = load_file(str(path))
-    prefix = AVERAGE if any(key.startswith(AVERAGE) for key in tensors) else "model."
+    """The network of a training checkpoint, as the run would save it (averaged weights where it kept them)."""
     network = ResUNet3d(model.card.architecture)
-    network.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+    network.load_state_dict(checkpoint_weights(path))
     return network
 
 

@@ -236,6 +236,14 @@ def load_checkpoint(path: Path, model, optimizer, averaged: torch.nn.Module | No
     return json.loads(metadata["progress"])
 
 
+def checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The network weights a checkpoint of :func:`save_checkpoint` saves as the model: the averaged ones
+    where the run kept an average (``weight_average``), else the trained ones."""
+    tensors = load_file(str(path))
+    averaged = any(key.startswith(AVERAGE) for key in tensors)
+    return _with_prefix(tensors, AVERAGE if averaged else "model.")
+
+
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     """``state`` under checkpoint keys ``prefix`` + name, on the CPU; :func:`_with_prefix` reads it back."""
     return {f"{prefix}{k}": v.detach().cpu().contiguous() for k, v in state.items()}
@@ -506,9 +514,7 @@ class Trainer:
 
     def best_weights(self) -> dict[str, torch.Tensor]:
         """The best validated weights (the last ones when there was no validation)."""
-        path = self.best_path if self.best_path.exists() else self.last_path
-        tensors = load_file(str(path))
-        return _with_prefix(tensors, AVERAGE if self.averaged is not None else "model.")
+        return checkpoint_weights(self.best_path if self.best_path.exists() else self.last_path)
 
 
 def plot_history(history: list[dict], folder: Path, title: str) -> list[Path]:
