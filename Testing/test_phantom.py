@@ -172,6 +172,16 @@ def test_lower_right_lobe_runs_down_the_right_lateral_wall_beside_the_kidney():
     assert (tongue.organs.array[added] == ORGAN_MAP_TISSUES.index("liver")).all()  # painted as liver, not labelled only
 
 
+def test_phantom_command_writes_the_lower_right_lobe_and_records_it(tmp_path):
+    common = ["phantom", "--cases", "1", "--seed", "3", "--shape", "48", "96", "96", "--spacing", "5", "4", "4"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "tongue"), "--lower-right-lobe"]) == 0
+    manifests = [json.loads((tmp_path / f / "manifest.json").read_text()) for f in ("plain", "tongue")]
+    assert [m["lower_right_lobe"] for m in manifests] == [False, True]
+    plain, tongue = (read_label(tmp_path / f / "segmentation-0.nii").array >= 1 for f in ("plain", "tongue"))
+    assert tongue.sum() > plain.sum() and not (plain & ~tongue).any()
+
+
 def test_livers_vary_between_cases():
     livers = [make_phantom(s, (48, 128, 128), (5.0, 3.0, 3.0), lesion_count=0).label.array == 1 for s in range(4)]
     volumes = [liver.sum() for liver in livers]

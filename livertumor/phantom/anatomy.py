@@ -525,7 +525,7 @@ class _Body:
     def paint_lower_right_lobe(
         self, rng: np.random.Generator, painter: _Painter, occupied: np.ndarray, detail: np.ndarray, liver: np.ndarray
     ) -> None:
-        """The right lobe's lower tongue: down the lateral wall, lateral to the right kidney, 4-7 cm long
+        """The right lobe's lower tongue: down the lateral wall, lateral to the right kidney, reaching 2-6 cm
         below the lobe's body (drawn), added to ``liver``. On the real scan's organ map the lower liver is
         such a tongue, not the rounded mid-depth end of the lobe's ellipsoid."""
         canvas, k = self.canvas, self.liver_scale
