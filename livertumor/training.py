@@ -45,7 +45,7 @@ from .data import (
 )
 from .datasets import Case
 from .errors import LiverTumorError
-from .inference import drop_tumour_outside_liver, resolve_device, sliding_window
+from .inference import class_map, drop_tumour_outside_liver, resolve_device, sliding_window
 from .io import atomic_path
 from .losses import LOSSES
 from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, metrics_from_stats
@@ -469,7 +469,7 @@ class Trainer:
                 1,
                 self.device,
             )
-            classes = probabilities.argmax(0).astype(np.uint8)
+            classes = class_map(probabilities)
             truth = case.scored(self.task)
             spacing = case.grid.spacing_zyx
             if post_process:
