@@ -13,10 +13,12 @@ limit from ``--seconds`` and a step that fails or overruns is logged and skipped
 3. a probe: as many demo-network training steps at once as there will be training processes, which
    gives the step time under that load, hence how many iterations fit the time left;
 4. ``curriculum.py`` (``--jobs`` = all runs at once, ``--batch`` blocks a step) and ``recipe.py``
-   (``continue-poly`` from the shipped demo model, blocks in pairs) started together, with GPU utilisation
-   logged every second;
+   (``continue-poly`` from ``--demo-init``, the same batch, ``--demo-loader-workers`` sampling its blocks,
+   optionally on phantoms with the right lobe's tongue) started together, with GPU utilisation logged every
+   second;
 5. everything small enough (tables, logs, result rows, the continued model) packed into
-   ``--archive`` (one file: the lease brings few back), and a summary printed last.
+   ``--archive`` (one file: the lease brings few back), the continued run's last checkpoint beside it
+   (``demo-last.safetensors``), and a summary printed last.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,7 +46,8 @@ DEMO_EPOCHS = 8
 #: Seconds a run spends outside its training steps, guessed high: writing its phantoms, preparing
 #: them, starting CUDA; validation per epoch; the curriculum runs' test set at the end.
 SETUP_S, DEMO_SETUP_S, VALIDATION_S, DEMO_VALIDATION_S, TEST_S = 60, 110, 6, 9, 70
-#: Training steps run slower than the probe's (data loading, the loss's sync, validation's CPU work).
+#: Training steps run slower than the probe's (data loading, the loss's sync, validation's CPU work): 1.5
+#: held at batch 1-2 in the first lease; ``--slowdown`` raises it where batches of 8 load the CPUs more.
 SLOWDOWN = 1.5
 PACK_S = 20
 
@@ -149,7 +153,10 @@ def mean_utilisation(results: Path) -> str:
 
 
 def pack(out: Path, results: Path, archive: Path) -> None:
-    """Tables, logs, result rows and the continued demo model into the ``archive`` (.tar.gz)."""
+    """Tables, logs, result rows and the continued demo model into the ``archive`` (.tar.gz); the demo run's
+    last checkpoint beside it (too large to share the archive's size limit)."""
+    for checkpoint in sorted(out.glob("demo/work-*/joint-last.safetensors"))[:1]:
+        shutil.copyfile(checkpoint, archive.with_name("demo-last.safetensors"))
     patterns = [
         "curriculum/result-*.json",
         "curriculum/model-*.work/*-log.csv",
@@ -177,12 +184,17 @@ def main() -> None:
     parser.add_argument("--test-cases", type=int, default=20)
     parser.add_argument("--demo-train-cases", type=int, default=200)
     parser.add_argument("--demo-validation-cases", type=int, default=12)
+    parser.add_argument("--demo-train-seed", type=int, default=500)
+    parser.add_argument("--demo-init", default="demo-curriculum", help="the model the demo run continues")
+    parser.add_argument("--demo-loader-workers", type=int, default=4, help="its block-sampling processes")
+    parser.add_argument("--demo-lower-right-lobe", action="store_true", help="its phantoms with the lobe's tongue")
     parser.add_argument("--shape", nargs=3, default=["96", "160", "160"], help="the comparison's phantoms")
     parser.add_argument("--paper-block", nargs=3, default=["64", "256", "256"])
     parser.add_argument("--skip-speed", action="store_true", help="no speed tables (steps 1-2)")
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS))
     parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"], help="training seeds per schema")
     parser.add_argument("--probe-steps", type=int, default=60)
+    parser.add_argument("--slowdown", type=float, default=SLOWDOWN, help="training step / probe step, guessed")
     parser.add_argument(
         "--batch",
         type=int,
@@ -208,11 +220,11 @@ def main() -> None:
     runs = len(args.seeds) * len(args.schemas)
     step = probe_step_seconds(session, args.device, runs + 1, args.batch, args.probe_steps) or 0.05
     window = session.left() - PACK_S - TEST_S  # seconds until every training run must be done
-    step *= SLOWDOWN
+    step *= args.slowdown
     iterations = int((window - SETUP_S - SCHEMA_EPOCHS * VALIDATION_S) / step / SCHEMA_EPOCHS)
-    # The demo run's blocks come in pairs: a step costs a little more.
+    # The demo run samples its blocks from larger phantoms and validates on them: guessed a third slower.
     demo_iterations = int((window - DEMO_SETUP_S - DEMO_EPOCHS * DEMO_VALIDATION_S) / (1.3 * step) / DEMO_EPOCHS)
-    plan = {"probe_step_s": step / SLOWDOWN, "window_s": window, "iterations": iterations}
+    plan = {"probe_step_s": step / args.slowdown, "window_s": window, "iterations": iterations}
     plan["demo_iterations"] = demo_iterations
     session.say(f"plan: {json.dumps(plan)}")
     (args.results / "plan.json").write_text(json.dumps(plan))
@@ -230,8 +242,10 @@ def main() -> None:
     curriculum += ["--whole-batch", batch, "--patch-batch", batch, "--loader-workers", "2"]
     recipe = [python, str(HERE / "recipe.py"), "--out", str(args.out / "demo"), "--device", args.device]
     recipe += ["--train-cases", str(args.demo_train_cases), "--validation-cases", str(args.demo_validation_cases)]
-    recipe += ["--stages", str(DEMO_EPOCHS), "--iterations", str(demo_iterations), "--variants", "continue-poly"]
-    recipe += ["--init", "demo-curriculum", "--whole-batch", "2", "--phantom-workers", "8"]
+    recipe += ["--train-seed", str(args.demo_train_seed), "--stages", str(DEMO_EPOCHS)]
+    recipe += ["--iterations", str(demo_iterations), "--variants", "continue-poly", "--init", args.demo_init]
+    recipe += ["--whole-batch", batch, "--loader-workers", str(args.demo_loader_workers), "--phantom-workers", "8"]
+    recipe += ["--lower-right-lobe"] if args.demo_lower_right_lobe else []
     recipe += ["--markdown", str(args.out / "demo" / "recipe.md")]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     jobs = {}

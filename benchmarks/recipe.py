@@ -2,7 +2,8 @@
 
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
         [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
-        [--whole-batch 2] [--phantom-workers 16] [--markdown docs/results/recipe.md]
+        [--whole-batch 2] [--loader-workers 4] [--phantom-workers 16] [--lower-right-lobe]
+        [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
 three-stage schema, widths 4-64, background/liver/tumour, 2.5 mm, 32x64x64 blocks) and the same seed, and
@@ -29,8 +30,10 @@ Variants:
 
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder) and
 validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
-``--device`` and ``--whole-batch`` override the settings' (``cpu``, 1) for every variant: a GPU takes
-bigger batches at nearly the same step time.
+``--device``, ``--whole-batch`` and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every
+variant: a GPU takes bigger batches at nearly the same step time, and needs more processes sampling blocks to
+keep it fed. ``--lower-right-lobe`` gives the training phantoms the right lobe's tongue beside the kidney
+(``make_phantom``); the validation phantoms stay the default anatomy, so curves compare across runs.
 """
 
 from __future__ import annotations
@@ -94,19 +97,29 @@ def main() -> None:
     parser.add_argument("--init", help="start from this trained model's weights")
     parser.add_argument("--device", help="train here (default: the settings' device)")
     parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
+    parser.add_argument("--loader-workers", type=int, help="data-loading processes (default: the settings')")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
+    parser.add_argument("--lower-right-lobe", action="store_true", help="training phantoms with the lobe's tongue")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()
     train_dir, validation_dir = args.out / "train", args.out / "validation"
     if not train_dir.exists():
         workers = args.phantom_workers
-        write_phantom_dataset(train_dir, args.train_cases, seed=args.train_seed, suffix=".nii.gz", workers=workers)
+        write_phantom_dataset(
+            train_dir,
+            args.train_cases,
+            seed=args.train_seed,
+            suffix=".nii.gz",
+            workers=workers,
+            lower_right_lobe=args.lower_right_lobe,
+        )
         write_phantom_dataset(validation_dir, args.validation_cases, seed=600, suffix=".nii.gz", workers=workers)
     train, validation = find_cases(train_dir), find_cases(validation_dir)
     base = TrainConfig.from_json(json.loads(SETTINGS.read_text()))
     base = replace(base, stage_epochs=tuple(args.stages), iterations_per_epoch=args.iterations)
     base = replace(base, device=args.device or base.device, whole_batch=args.whole_batch or base.whole_batch)
+    base = replace(base, workers=base.workers if args.loader_workers is None else args.loader_workers)
     initial, parent = None, None
     if args.init:
         trained = load_model(args.init)
@@ -156,6 +169,8 @@ def main() -> None:
             + (f" --init {args.init}" if args.init else "")
             + (f" --device {args.device}" if args.device else "")
             + (f" --whole-batch {args.whole_batch}" if args.whole_batch else "")
+            + (f" --loader-workers {args.loader_workers}" if args.loader_workers is not None else "")
+            + (" --lower-right-lobe" if args.lower_right_lobe else "")
         )
         args.markdown.write_text(
             f"# Training recipe diagnosis\n\nCommand: `{command}`\n\n{text}\n\n![curves](recipe-curves.png)\n"
