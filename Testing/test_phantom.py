@@ -172,14 +172,34 @@ def test_lower_right_lobe_runs_down_the_right_lateral_wall_beside_the_kidney():
     assert (tongue.organs.array[added] == ORGAN_MAP_TISSUES.index("liver")).all()  # painted as liver, not labelled only
 
 
-def test_phantom_command_writes_the_lower_right_lobe_and_records_it(tmp_path):
+def test_phantom_command_writes_the_anatomy_options_and_records_them(tmp_path):
     common = ["phantom", "--cases", "1", "--seed", "3", "--shape", "48", "96", "96", "--spacing", "5", "4", "4"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
-    assert main([*common, "--out", str(tmp_path / "tongue"), "--lower-right-lobe"]) == 0
+    assert main([*common, "--out", str(tmp_path / "tongue"), "--lower-right-lobe", "--perihepatic-fat"]) == 0
     manifests = [json.loads((tmp_path / f / "manifest.json").read_text()) for f in ("plain", "tongue")]
     assert [m["lower_right_lobe"] for m in manifests] == [False, True]
+    assert [m["perihepatic_fat"] for m in manifests] == [False, True]
     plain, tongue = (read_label(tmp_path / f / "segmentation-0.nii").array >= 1 for f in ("plain", "tongue"))
     assert tongue.sum() > plain.sum() and not (plain & ~tongue).any()
+
+
+def test_perihepatic_fat_keeps_the_bowel_off_the_liver_and_changes_nothing_else():
+    """Bowel loops near the liver become fat; the liver, its label and the other organs stay as they were."""
+    shape, spacing = (64, 128, 128), (4.0, 2.0, 2.0)
+    plain = make_phantom(5, shape, spacing, lesion_count=0, organ_map=True, lower_right_lobe=True)
+    fat = make_phantom(5, shape, spacing, lesion_count=0, organ_map=True, lower_right_lobe=True, perihepatic_fat=True)
+    assert np.array_equal(plain.label.array, fat.label.array)
+    liver = plain.label.array >= 1
+    near = (ndimage.distance_transform_edt(~liver, sampling=spacing) <= 2.0) & ~liver  # the margin is 2-8 mm
+    loops = [ORGAN_MAP_TISSUES.index(n) for n in ("bowel", "gastric_fluid", "bowel_gas")]
+    fat_index = ORGAN_MAP_TISSUES.index("fat")
+    bowel_before, bowel_after = (np.isin(p.organs.array[near], loops).mean() for p in (plain, fat))
+    assert bowel_before > 0.2 and bowel_after < bowel_before / 5
+    assert (fat.organs.array[near] == fat_index).mean() > (plain.organs.array[near] == fat_index).mean() + 0.2
+    changed = plain.organs.array != fat.organs.array
+    assert (fat.organs.array[changed] == fat_index).all()
+    assert np.isin(plain.organs.array[changed], loops).all()  # bowel only: the stomach and organs keep theirs
+    assert make_phantom(5, shape, spacing, lesion_count=0, perihepatic_fat=True).organs is None
 
 
 def test_livers_vary_between_cases():

@@ -1,5 +1,6 @@
 """Where a model's liver and tumour go wrong on the real non-contrast CT: missed and extra liver by organ of
-the TotalSegmentator map, the missed liver's distance to the predicted one, and a figure of four slices.
+the TotalSegmentator map, the missed liver's distance to the predicted one, each tumour component of
+0.3 mL or more (size, slices, median HU, organs under it), and a figure of four slices.
 
     python benchmarks/real_liver_errors.py [--figure docs/results/real-liver-errors.png] MODEL [MODEL ...]
 
@@ -23,7 +24,10 @@ from livertumor.plotting import pyplot, radiological_axial, save_figure
 
 LIVER = 5
 #: TotalSegmentator v2 "total" classes near the liver (the rest are named by number).
-ORGANS = {0: "no organ", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "liver", 6: "stomach"}
+ORGANS = {
+    **{0: "no organ", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "liver", 6: "stomach"},
+    **{52: "aorta", 63: "inferior vena cava", 64: "portal and splenic vein"},
+}
 FIGURE_SLICES = (3, 10, 18, 27)
 
 
@@ -57,6 +61,14 @@ def main() -> None:
         print("  share of each slice's liver missed, z from 0: " + " ".join(f"{share:.2f}" for share in per_slice))
         print(f"  liver or tumour outside the map's liver, mL: {by_organ(predicted & ~liver, organs, voxel_ml)}")
         print(f"  tumour, mL: {by_organ(labels == 2, organs, voxel_ml)}")
+        components, _ = ndimage.label(labels == 2)
+        for index, box in enumerate(ndimage.find_objects(components), start=1):
+            component = components == index
+            if component.sum() * voxel_ml >= 0.3:
+                print(
+                    f"    component of {component.sum() * voxel_ml:.1f} mL, slices {box[0].start}-{box[0].stop - 1}, "
+                    f"median {np.median(ct.array[component]):.0f} HU: {by_organ(component, organs, voxel_ml)}"
+                )
         if number == 0 and args.figure:
             plt = pyplot()
             figure, axes = plt.subplots(1, len(FIGURE_SLICES), figsize=(4 * len(FIGURE_SLICES), 4.4))

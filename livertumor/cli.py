@@ -130,6 +130,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             kinds=args.kinds,
             workers=args.workers,
             lower_right_lobe=args.lower_right_lobe,
+            perihepatic_fat=args.perihepatic_fat,
         )
     _report_dataset(manifest, args.out)
     return 0
@@ -759,6 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="give the liver's right lobe a lower tongue along the lateral wall beside the kidney, as on real "
         "scans (default off: a seed gives the phantom it always gave)",
+    )
+    phantom.add_argument(
+        "--perihepatic-fat",
+        action="store_true",
+        help="keep the bowel loops 2-8 mm off the liver with visceral fat, as on real scans (default off)",
     )
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)

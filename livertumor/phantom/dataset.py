@@ -82,12 +82,13 @@ def write_phantom_dataset(
     kinds: Sequence[str] | None = None,
     workers: int = 1,
     lower_right_lobe: bool = False,
+    perihepatic_fat: bool = False,
 ) -> Path:
     """Write ``cases`` phantoms in LiTS layout (``volume-N``, ``segmentation-N``, plus ``classes-N`` with
     the lesion kinds) and ``manifest.json`` under ``out``. Every 5th case has no lesion; ``phases``
     limits the contrast phases drawn (None: all). ``kinds`` gives case N lesions of one kind only,
     ``kinds[N % len(kinds)]`` (1-3, metastases 1-6): balanced classes for lesion classification.
-    ``lower_right_lobe``: see :func:`make_phantom`.
+    ``lower_right_lobe``, ``perihepatic_fat``: see :func:`make_phantom`.
 
     Returns the manifest's path. ``progress(done, total)`` is called after each case. ``workers`` > 1
     writes cases in that many processes; each case depends only on its seed, so the files are the same.
@@ -102,6 +103,7 @@ def write_phantom_dataset(
         phases=list(PHASES if phases is None else phases),
         kinds=list(kinds) if kinds else "drawn per liver",
         lower_right_lobe=lower_right_lobe,
+        perihepatic_fat=perihepatic_fat,
     )
 
     def make_case(index: int, case_seed: int) -> Phantom:
@@ -119,6 +121,7 @@ def write_phantom_dataset(
             kinds=case_kinds,
             phase=draw_phase(case_seed, phases),
             lower_right_lobe=lower_right_lobe,
+            perihepatic_fat=perihepatic_fat,
         )
 
     return write_cases(out, manifest, cases, seed, suffix, progress, make_case, workers)
