@@ -10,7 +10,9 @@ Prints Markdown tables:
 2. lesion contrast to the liver per kind and phase (median lesion HU minus median liver HU), with the
    features that tell the kinds apart: metastasis rim minus core, hemangioma share brighter than halfway to
    the blood pool;
-3. generation time per case size (median and best of the repeats, this machine's default threads).
+3. what surrounds the liver: the share of fat (-500..-30 HU) and the median HU at 0-3, 3-6 and 6-10 mm
+   from the liver's surface, real scan against phantoms of each anatomy option on the same 3 mm grid;
+4. generation time per case size (median and best of the repeats, this machine's default threads).
 With ``--pictures`` it also writes ``phantom-anatomy.png`` (the real scan beside a native phantom, then
 axial and coronal slices of one case in each phase) and ``phantom-lesions.png`` (one crop per kind at
 each size in the portal venous phase, and at 30 mm in each phase).
@@ -120,6 +122,46 @@ def lesion_table(seeds: int) -> list[str]:
     return lines
 
 
+#: Anatomy options compared around the liver (``make_phantom`` keywords).
+ANATOMIES = {
+    "default": {},
+    "lower right lobe": {"lower_right_lobe": True},
+    "lower right lobe + perihepatic fat": {"lower_right_lobe": True, "perihepatic_fat": True},
+}
+BANDS_MM = ((0, 3), (3, 6), (6, 10))
+
+
+def surroundings(ct: np.ndarray, liver: np.ndarray) -> list[str]:
+    """Fat share and median HU of the body's voxels in each band of distance from ``liver`` (3 mm grid)."""
+    distance = ndimage.distance_transform_edt(~liver, sampling=REAL_SPACING_ZYX)
+    cells = []
+    for low, high in BANDS_MM:
+        band = ct[(distance > low) & (distance <= high) & (ct > -500)]
+        cells.append(f"{(band < -30).mean():.2f} / {np.median(band):+.0f}")
+    return cells
+
+
+def surroundings_table(real: Path, seeds: int) -> list[str]:
+    ct = read_image(real / "totalsegmentator" / "example_ct_sm.nii.gz").array
+    organs = read_image(real / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz").array
+    header = " | ".join(f"{low}-{high} mm: fat share / median HU" for low, high in BANDS_MM)
+    lines = [f"| scan | {header} |", "|---|" + "---|" * len(BANDS_MM)]
+    lines.append("| real, `example_ct_sm` | " + " | ".join(surroundings(ct, organs == 5)) + " |")
+    for name, options in ANATOMIES.items():
+        per_case = []
+        for seed in range(seeds):
+            phantom = make_phantom(seed, (72, 128, 128), REAL_SPACING_ZYX, lesion_count=0, **options)
+            per_case.append(surroundings(phantom.ct.array, phantom.label.array >= 1))
+        cells = [
+            " … ".join(sorted(column, key=lambda cell: float(cell.split(" / ")[0]))[:: len(column) - 1])
+            for column in zip(*per_case)
+        ]
+        lines.append(
+            f"| phantoms, {name} ({seeds} cases, all phases; lowest … highest fat) | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def timing_table(repeats: int) -> list[str]:
     lines = ["| shape (z, y, x) | spacing (mm) | median (s) | best (s) | lesions |", "|---|---|---|---|---|"]
     for shape, spacing in SIZES:
@@ -206,6 +248,7 @@ def main() -> None:
     sections = [
         ("Tissue HU: native phantoms against the real non-contrast scan", realism_table(args.real, args.seeds)),
         ("Lesion contrast, 30 mm lesions", lesion_table(args.seeds)),
+        ("What surrounds the liver", surroundings_table(args.real, args.seeds)),
         ("Generation time", timing_table(args.repeats)),
     ]
     text = "\n\n".join(f"## {title}\n\n" + "\n".join(lines) for title, lines in sections)

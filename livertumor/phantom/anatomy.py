@@ -132,7 +132,7 @@ def make_phantom(
     tongue along the lateral wall beside the kidney, where the real scan's lower liver lies (a model trained
     without it misses that part: docs/results/demo-model.md). ``perihepatic_fat`` keeps the bowel loops
     2-8 mm off the liver with visceral fat, as on the real scan, where 43 % of the tissue within 3 mm of
-    the liver is fat against 11-15 % in phantoms without it (docs/results/phantom.md). Both are off by
+    the liver is fat against 10-18 % in phantoms without it (docs/results/phantom.md). Both are off by
     default, so every seed still gives the phantom it gave before.
     """
     rng = np.random.default_rng(seed)
