@@ -144,7 +144,7 @@ def make_phantom(
     spacing = canvas.spacing
     texture = smooth_field(rng, grid.shape, 8.0 / spacing)  # ~8 mm parenchymal texture
     detail = smooth_field(rng, grid.shape, 5.0 / spacing)  # ~5 mm: roughness, lesion margins
-    painter = _Painter(canvas, table, texture, organ_map or perihepatic_fat)  # the fat replaces bowel by tissue
+    painter = _Painter(canvas, table, texture, organ_map or perihepatic_fat)  # the fat step finds bowel in the map
     body = _Body(rng, canvas, lower_right_lobe)
     bowel = smooth_field(rng, grid.shape, 14.0 / spacing)  # ~14 mm: bowel loops
     body.paint_background(painter, detail, bowel)
@@ -534,7 +534,7 @@ class _Body:
         irregular along the surface; organs (the stomach included) keep their contact with it."""
         canvas = self.canvas
         margin = rng.uniform(2.0, 8.0)
-        reach = int(np.ceil(1.5 * margin / canvas.spacing.min())) + 1
+        reach = int(np.ceil(1.5 * margin / canvas.spacing.min())) + 1  # 1.5 margins past the liver's box
         found = ndimage.find_objects(liver.astype(np.uint8))
         if not found:
             return
