@@ -46,8 +46,9 @@ DEMO_EPOCHS = 8
 #: Seconds a run spends outside its training steps, guessed high: writing its phantoms, preparing
 #: them, starting CUDA; validation per epoch; the curriculum runs' test set at the end.
 SETUP_S, DEMO_SETUP_S, VALIDATION_S, DEMO_VALIDATION_S, TEST_S = 60, 110, 6, 9, 70
-#: Training steps run slower than the probe's (data loading, the loss's sync, validation's CPU work): 1.5
-#: held at batch 1-2 in the first lease; ``--slowdown`` raises it where batches of 8 load the CPUs more.
+#: Training steps run slower than the probe's (data loading, the loss's sync, validation's CPU work). 1.5
+#: held at batch 1-2 in the first lease; at batch 8 the second lease's runs took 1.2x the probe's step,
+#: validation included, so its ``--slowdown 2.0`` left a third of the lease unused.
 SLOWDOWN = 1.5
 PACK_S = 20
 

@@ -84,10 +84,11 @@ def main() -> None:
         for index, scan_name in enumerate(scans):
             bottom.plot(x, [row[2][index] for _, row in plotted], marker="o", label=scan_name)
         bottom.axhline(5.0, color="grey", linestyle=":", label="target < 5 mL (example_ct_sm)")
-        bottom.set_ylabel("false tumour, mL")
+        bottom.set_ylabel("false tumour, mL (log scale: one epoch can mark 10x the others)")
         bottom.set_xlabel("epoch")
         bottom.legend(fontsize=8)
-        bottom.set_ylim(bottom=0.0, top=max(5.0, float(np.max([row[2] for _, row in plotted]))) * 1.1)
+        bottom.set_yscale("log")
+        bottom.set_ylim(bottom=1.0, top=max(10.0, float(np.max([row[2] for _, row in plotted]))) * 1.5)
         figure.tight_layout()
         save_figure(figure, args.figure)
 
