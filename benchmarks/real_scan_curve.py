@@ -84,7 +84,7 @@ def main() -> None:
         for index, scan_name in enumerate(scans):
             bottom.plot(x, [row[2][index] for _, row in plotted], marker="o", label=scan_name)
         bottom.axhline(5.0, color="grey", linestyle=":", label="target < 5 mL (example_ct_sm)")
-        bottom.set_ylabel("false tumour, mL (log scale: one epoch can mark 10x the others)")
+        bottom.set_ylabel("false tumour, mL (log scale)")
         bottom.set_xlabel("epoch")
         bottom.legend(fontsize=8)
         bottom.set_yscale("log")
