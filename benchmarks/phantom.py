@@ -131,14 +131,15 @@ ANATOMIES = {
 BANDS_MM = ((0, 3), (3, 6), (6, 10))
 
 
-def surroundings(ct: np.ndarray, liver: np.ndarray) -> list[str]:
-    """Fat share and median HU of the body's voxels in each band of distance from ``liver`` (3 mm grid)."""
+def surroundings(ct: np.ndarray, liver: np.ndarray) -> list[tuple[float, float]]:
+    """(fat share, median HU) of the body's voxels in each band of distance from ``liver`` (3 mm grid)."""
     distance = ndimage.distance_transform_edt(~liver, sampling=REAL_SPACING_ZYX)
-    cells = []
-    for low, high in BANDS_MM:
-        band = ct[(distance > low) & (distance <= high) & (ct > -500)]
-        cells.append(f"{(band < -30).mean():.2f} / {np.median(band):+.0f}")
-    return cells
+    bands = [ct[(distance > low) & (distance <= high) & (ct > -500)] for low, high in BANDS_MM]
+    return [(float((band < -30).mean()), float(np.median(band))) for band in bands]
+
+
+def surroundings_cell(fat_share: float, median_hu: float) -> str:
+    return f"{fat_share:.2f} / {median_hu:+.0f}"
 
 
 def surroundings_table(real: Path, seeds: int) -> list[str]:
@@ -146,16 +147,17 @@ def surroundings_table(real: Path, seeds: int) -> list[str]:
     organs = read_image(real / "totalsegmentator" / "example_ct_sm_totalseg.nii.gz").array
     header = " | ".join(f"{low}-{high} mm: fat share / median HU" for low, high in BANDS_MM)
     lines = [f"| scan | {header} |", "|---|" + "---|" * len(BANDS_MM)]
-    lines.append("| real, `example_ct_sm` | " + " | ".join(surroundings(ct, organs == 5)) + " |")
+    real_cells = [surroundings_cell(*band) for band in surroundings(ct, organs == 5)]
+    lines.append("| real, `example_ct_sm` | " + " | ".join(real_cells) + " |")
     for name, options in ANATOMIES.items():
         per_case = []
         for seed in range(seeds):
             phantom = make_phantom(seed, (72, 128, 128), REAL_SPACING_ZYX, lesion_count=0, **options)
             per_case.append(surroundings(phantom.ct.array, phantom.label.array >= 1))
-        cells = [
-            " … ".join(sorted(column, key=lambda cell: float(cell.split(" / ")[0]))[:: len(column) - 1])
-            for column in zip(*per_case)
-        ]
+        cells = []
+        for column in zip(*per_case):  # one band over the cases: its least and most fatty case
+            least, most = min(column), max(column)
+            cells.append(surroundings_cell(*least) + ("" if least == most else " … " + surroundings_cell(*most)))
         lines.append(
             f"| phantoms, {name} ({seeds} cases, all phases; lowest … highest fat) | " + " | ".join(cells) + " |"
         )
