@@ -25,8 +25,16 @@ from livertumor.plotting import pyplot, radiological_axial, save_figure
 LIVER = 5
 #: TotalSegmentator v2 "total" classes near the liver (the rest are named by number).
 ORGANS = {
-    **{0: "no organ", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "liver", 6: "stomach"},
-    **{52: "aorta", 63: "inferior vena cava", 64: "portal and splenic vein"},
+    0: "no organ",
+    1: "spleen",
+    2: "right kidney",
+    3: "left kidney",
+    4: "gallbladder",
+    5: "liver",
+    6: "stomach",
+    52: "aorta",
+    63: "inferior vena cava",
+    64: "portal and splenic vein",
 }
 FIGURE_SLICES = (3, 10, 18, 27)
 
@@ -63,11 +71,12 @@ def main() -> None:
         print(f"  tumour, mL: {by_organ(labels == 2, organs, voxel_ml)}")
         components, _ = ndimage.label(labels == 2)
         for index, box in enumerate(ndimage.find_objects(components), start=1):
-            component = components == index
+            component = components[box] == index  # within its bounding box: one pass over the volume in all
             if component.sum() * voxel_ml >= 0.3:
                 print(
                     f"    component of {component.sum() * voxel_ml:.1f} mL, slices {box[0].start}-{box[0].stop - 1}, "
-                    f"median {np.median(ct.array[component]):.0f} HU: {by_organ(component, organs, voxel_ml)}"
+                    f"median {np.median(ct.array[box][component]):.0f} HU: "
+                    f"{by_organ(component, organs[box], voxel_ml)}"
                 )
         if number == 0 and args.figure:
             plt = pyplot()

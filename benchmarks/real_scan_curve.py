@@ -68,9 +68,10 @@ def main() -> None:
                     liver_dice = dice(labels >= 1, liver)
             rows.append((name, liver_dice, tumour_ml))
             print(f"| {name} | {liver_dice:.3f} | " + " | ".join(f"{ml:.1f}" for ml in tumour_ml) + " |", flush=True)
-    if args.figure:
-        epochs = [epoch_of(name) for name, _, _ in rows]
-        plotted = [(epoch, row) for epoch, row in zip(epochs, rows) if epoch is not None]
+    plotted = [(epoch_of(row[0]), row) for row in rows if epoch_of(row[0]) is not None]
+    if args.figure and not plotted:
+        print(f"no figure: no checkpoint's file name holds an epoch number ({args.figure} not written)")
+    elif args.figure:
         plt = pyplot()
         figure, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
         x = [epoch for epoch, _ in plotted]
