@@ -175,12 +175,13 @@ def test_lower_right_lobe_runs_down_the_right_lateral_wall_beside_the_kidney():
 def test_phantom_command_writes_the_anatomy_options_and_records_them(tmp_path):
     common = ["phantom", "--cases", "1", "--seed", "3", "--shape", "48", "96", "96", "--spacing", "5", "4", "4"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
-    assert main([*common, "--out", str(tmp_path / "tongue"), "--lower-right-lobe", "--perihepatic-fat"]) == 0
+    options = ["--lower-right-lobe", "--perihepatic-fat", "--hilar-fat"]
+    assert main([*common, "--out", str(tmp_path / "tongue"), *options]) == 0
     manifests = [json.loads((tmp_path / f / "manifest.json").read_text()) for f in ("plain", "tongue")]
-    assert [m["lower_right_lobe"] for m in manifests] == [False, True]
-    assert [m["perihepatic_fat"] for m in manifests] == [False, True]
+    for option in ("lower_right_lobe", "perihepatic_fat", "hilar_fat"):
+        assert [m[option] for m in manifests] == [False, True]
     plain, tongue = (read_label(tmp_path / f / "segmentation-0.nii").array >= 1 for f in ("plain", "tongue"))
-    assert tongue.sum() > plain.sum() and not (plain & ~tongue).any()
+    assert tongue.sum() > plain.sum() and 0 < (plain & ~tongue).sum() < 0.05 * plain.sum()  # tongue added, hilum cut
 
 
 def test_perihepatic_fat_keeps_the_bowel_off_the_liver_and_changes_nothing_else():
@@ -200,6 +201,26 @@ def test_perihepatic_fat_keeps_the_bowel_off_the_liver_and_changes_nothing_else(
     assert (fat.organs.array[changed] == fat_index).all()
     assert np.isin(plain.organs.array[changed], loops).all()  # bowel only: the stomach and organs keep theirs
     assert make_phantom(5, shape, spacing, lesion_count=0, perihepatic_fat=True).organs is None
+
+
+def test_hilar_fat_sheathes_the_portal_vein_where_it_enters_the_liver():
+    """Fat around the portal vein is cut out of the liver near the hilum only; the vein stays and is not liver."""
+    shape, spacing = (64, 128, 128), (4.0, 2.0, 2.0)
+    plain = make_phantom(5, shape, spacing, lesion_count=0, organ_map=True)
+    hilar = make_phantom(5, shape, spacing, lesion_count=0, organ_map=True, hilar_fat=True)
+    before, after = plain.label.array >= 1, hilar.label.array >= 1
+    removed = before & ~after
+    assert not (after & ~before).any()
+    voxel_ml = plain.ct.grid.voxel_volume_ml
+    assert 5 < removed.sum() * voxel_ml < 0.06 * before.sum() * voxel_ml  # a cleft, not a lobe
+    fat, vein = ORGAN_MAP_TISSUES.index("fat"), ORGAN_MAP_TISSUES.index("portal_vein")
+    assert set(np.unique(hilar.organs.array[removed])) <= {fat, vein}
+    assert (hilar.organs.array[removed] == fat).mean() > 0.5 and (hilar.organs.array[removed] == vein).any()
+    portal = plain.organs.array == vein
+    assert ndimage.distance_transform_edt(~portal, sampling=spacing)[removed].max() <= 7.0 * 1.5 + 6.0
+    z_removed = np.nonzero(removed)[0]
+    z_liver = np.nonzero(before)[0]
+    assert z_removed.max() - z_removed.min() < 0.6 * (z_liver.max() - z_liver.min())  # around the hilum only
 
 
 def test_livers_vary_between_cases():

@@ -131,6 +131,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             workers=args.workers,
             lower_right_lobe=args.lower_right_lobe,
             perihepatic_fat=args.perihepatic_fat,
+            hilar_fat=args.hilar_fat,
         )
     _report_dataset(manifest, args.out)
     return 0
@@ -765,6 +766,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--perihepatic-fat",
         action="store_true",
         help="keep the bowel loops 2-8 mm off the liver with visceral fat, as on real scans (default off)",
+    )
+    phantom.add_argument(
+        "--hilar-fat",
+        action="store_true",
+        help="a fat sheath around the portal vein where it enters the liver (porta hepatis), outside the liver "
+        "label as on real organ maps (default off)",
     )
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)

@@ -119,6 +119,7 @@ def make_phantom(
     diameters_mm: Sequence[float] | None = None,
     lower_right_lobe: bool = False,
     perihepatic_fat: bool = False,
+    hilar_fat: bool = False,
 ) -> Phantom:
     """Generate one phantom case.
 
@@ -132,8 +133,10 @@ def make_phantom(
     tongue along the lateral wall beside the kidney, where the real scan's lower liver lies (a model trained
     without it misses that part: docs/results/demo-model.md). ``perihepatic_fat`` keeps the bowel loops
     2-8 mm off the liver with visceral fat, as on the real scan, where 43 % of the tissue within 3 mm of
-    the liver is fat against 10-18 % in phantoms without it (docs/results/phantom.md). Both are off by
-    default, so every seed still gives the phantom it gave before.
+    the liver is fat against 10-18 % in phantoms without it (docs/results/phantom.md). ``hilar_fat`` puts a
+    fat sheath around the portal vein where it enters the liver (the porta hepatis), left out of the liver
+    label as on the real scan's organ map. All are off by default, so every seed still gives the phantom it
+    gave before.
     """
     rng = np.random.default_rng(seed)
     if phase is None:
@@ -145,7 +148,7 @@ def make_phantom(
     texture = smooth_field(rng, grid.shape, 8.0 / spacing)  # ~8 mm parenchymal texture
     detail = smooth_field(rng, grid.shape, 5.0 / spacing)  # ~5 mm: roughness, lesion margins
     painter = _Painter(canvas, table, texture, organ_map or perihepatic_fat)  # the fat step finds bowel in the map
-    body = _Body(rng, canvas, lower_right_lobe)
+    body = _Body(rng, canvas, lower_right_lobe, hilar_fat)
     bowel = smooth_field(rng, grid.shape, 14.0 / spacing)  # ~14 mm: bowel loops
     body.paint_background(painter, detail, bowel)
     del bowel
@@ -232,9 +235,12 @@ def _blur_slices(volume: np.ndarray, sigma: float) -> np.ndarray:
 class _Body:
     """Case-specific body frame (sizes, positions) and the painting of each anatomical group."""
 
-    def __init__(self, rng: np.random.Generator, canvas: Canvas, lower_right_lobe: bool = False) -> None:
+    def __init__(
+        self, rng: np.random.Generator, canvas: Canvas, lower_right_lobe: bool = False, hilar_fat: bool = False
+    ) -> None:
         self.canvas = canvas
         self.lower_right_lobe = lower_right_lobe
+        self.hilar_fat = hilar_fat
         z, y, x = canvas.axes
         fov = np.asarray(canvas.grid.shape) * canvas.spacing
         self.s_xy = float(min(1.0, 0.45 * fov[2] / 165.0, 0.45 * fov[1] / 135.0))
@@ -499,7 +505,9 @@ class _Body:
         # portal vein: from the confluence behind the pancreas neck to the hilum, then into both lobes
         hilum = self.point(-88 * k, 0.05, -0.2)
         confluence = self.point(-104, 0.12, 0.02)
-        painter.paint_tube(confluence, hilum, 7.0 * s_xy, "portal_vein")
+        portal = np.zeros(canvas.grid.shape, bool)
+        painter.paint_tube(confluence, hilum, 7.0 * s_xy, "portal_vein", claim=portal)
+        first_branches = [(confluence, hilum)]
         targets = {"portal_vein": [right_centre, left_centre, right_centre - np.float32([40 * s_z, 0, 0])]}
         ivc_top = np.array([self.dome - 12 * s_z, self.y0 + 0.24 * self.by, self.x0 - 0.15 * self.bx], np.float32)
         targets["hepatic_vein"] = [
@@ -516,6 +524,8 @@ class _Body:
                 window_t, distance = canvas.tube(start, end, vessel_r)
                 if window_t is not None:
                     tree[window_t] |= distance <= vessel_r
+                if tissue == "portal_vein" and depth == 0:
+                    first_branches.append((start, end))
                 if depth < 2:
                     for _ in range(2):
                         spread = rng.uniform(-0.35, 0.35, 3).astype(np.float32) * right_semi
@@ -523,9 +533,44 @@ class _Body:
             tree &= liver
             painter.paint(window, tree[window], tissue)
             vessels |= tree
+            if tissue == "portal_vein":
+                portal |= tree
         if self.lower_right_lobe:
             self.paint_lower_right_lobe(rng, painter, occupied, detail, liver)
+        if self.hilar_fat:
+            self.paint_hilar_fat(rng, painter, detail, liver, vessels, portal, first_branches)
         return liver, vessels
+
+    def paint_hilar_fat(
+        self,
+        rng: np.random.Generator,
+        painter: _Painter,
+        detail: np.ndarray,
+        liver: np.ndarray,
+        vessels: np.ndarray,
+        portal: np.ndarray,
+        first_branches: list[tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        """The porta hepatis: a fat sheath 2-4 mm thick, irregular, around the portal trunk where it enters the
+        liver and its first branches for 10-25 mm past the hilum, cut out of ``liver`` and ``vessels`` (the
+        real scan's organ map leaves the hilum out of the liver). The vein stays inside it. On the real
+        non-contrast scan a model trained without it marks that fat-and-vein mix (~25 HU) as tumour."""
+        reach = rng.uniform(10.0, 25.0)
+        sheath = np.zeros(liver.shape, bool)
+        trunk_radius = 7.0 * self.s_xy
+        for number, (start, end) in enumerate(first_branches):
+            length = float(np.linalg.norm(end - start))
+            if number > 0 and length > reach:  # branches: only their first ``reach`` mm
+                end = start + (end - start) * (reach / length)
+            thickness = rng.uniform(2.0, 4.0)
+            radius = trunk_radius + thickness
+            window, distance = self.canvas.tube(start, end, radius * 1.5)
+            if window is not None:
+                sheath[window] |= distance <= radius + 0.5 * thickness * detail[window]
+        sheath &= liver
+        painter.paint((slice(None),) * 3, sheath & ~portal, "fat")
+        liver &= ~sheath
+        vessels &= ~sheath
 
     def paint_perihepatic_fat(
         self, rng: np.random.Generator, painter: _Painter, occupied: np.ndarray, detail: np.ndarray, liver: np.ndarray

@@ -83,12 +83,13 @@ def write_phantom_dataset(
     workers: int = 1,
     lower_right_lobe: bool = False,
     perihepatic_fat: bool = False,
+    hilar_fat: bool = False,
 ) -> Path:
     """Write ``cases`` phantoms in LiTS layout (``volume-N``, ``segmentation-N``, plus ``classes-N`` with
     the lesion kinds) and ``manifest.json`` under ``out``. Every 5th case has no lesion; ``phases``
     limits the contrast phases drawn (None: all). ``kinds`` gives case N lesions of one kind only,
     ``kinds[N % len(kinds)]`` (1-3, metastases 1-6): balanced classes for lesion classification.
-    ``lower_right_lobe``, ``perihepatic_fat``: see :func:`make_phantom`.
+    ``lower_right_lobe``, ``perihepatic_fat``, ``hilar_fat``: see :func:`make_phantom`.
 
     Returns the manifest's path. ``progress(done, total)`` is called after each case. ``workers`` > 1
     writes cases in that many processes; each case depends only on its seed, so the files are the same.
@@ -104,6 +105,7 @@ def write_phantom_dataset(
         kinds=list(kinds) if kinds else "drawn per liver",
         lower_right_lobe=lower_right_lobe,
         perihepatic_fat=perihepatic_fat,
+        hilar_fat=hilar_fat,
     )
 
     def make_case(index: int, case_seed: int) -> Phantom:
@@ -122,6 +124,7 @@ def write_phantom_dataset(
             phase=draw_phase(case_seed, phases),
             lower_right_lobe=lower_right_lobe,
             perihepatic_fat=perihepatic_fat,
+            hilar_fat=hilar_fat,
         )
 
     return write_cases(out, manifest, cases, seed, suffix, progress, make_case, workers)
