@@ -3,6 +3,7 @@
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
         [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
         [--whole-batch 2] [--loader-workers 4] [--phantom-workers 16] [--lower-right-lobe] [--perihepatic-fat]
+        [--hilar-fat]
         [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
@@ -32,8 +33,8 @@ Variants:
 validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
 ``--device``, ``--whole-batch`` and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every
 variant: a GPU takes bigger batches at nearly the same step time, and needs more processes sampling blocks to
-keep it fed. ``--lower-right-lobe`` and ``--perihepatic-fat`` give the training phantoms those anatomy
-options (``make_phantom``); the validation phantoms stay the default anatomy, so curves compare across runs.
+keep it fed. ``--lower-right-lobe``, ``--perihepatic-fat`` and ``--hilar-fat`` give the training phantoms those
+anatomy options (``make_phantom``); the validation phantoms stay the default anatomy, so curves compare across runs.
 """
 
 from __future__ import annotations
@@ -85,6 +86,14 @@ VARIANTS = {
 }
 
 
+#: ``make_phantom`` anatomy options for the training phantoms: what each adds.
+ANATOMY_OPTIONS = {
+    "lower_right_lobe": "the right lobe's lower tongue",
+    "perihepatic_fat": "fat around the liver",
+    "hilar_fat": "fat around the portal vein at the liver's hilum",
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -99,8 +108,8 @@ def main() -> None:
     parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes (default: the settings')")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
-    parser.add_argument("--lower-right-lobe", action="store_true", help="training phantoms with the lobe's tongue")
-    parser.add_argument("--perihepatic-fat", action="store_true", help="training phantoms with fat around the liver")
+    for option, what in ANATOMY_OPTIONS.items():
+        parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms with {what}")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()
@@ -113,8 +122,7 @@ def main() -> None:
             seed=args.train_seed,
             suffix=".nii.gz",
             workers=workers,
-            lower_right_lobe=args.lower_right_lobe,
-            perihepatic_fat=args.perihepatic_fat,
+            **{option: getattr(args, option) for option in ANATOMY_OPTIONS},
         )
         write_phantom_dataset(validation_dir, args.validation_cases, seed=600, suffix=".nii.gz", workers=workers)
     train, validation = find_cases(train_dir), find_cases(validation_dir)
@@ -172,8 +180,7 @@ def main() -> None:
             + (f" --device {args.device}" if args.device else "")
             + (f" --whole-batch {args.whole_batch}" if args.whole_batch else "")
             + (f" --loader-workers {args.loader_workers}" if args.loader_workers is not None else "")
-            + (" --lower-right-lobe" if args.lower_right_lobe else "")
-            + (" --perihepatic-fat" if args.perihepatic_fat else "")
+            + "".join(" --" + option.replace("_", "-") for option in ANATOMY_OPTIONS if getattr(args, option))
         )
         args.markdown.write_text(
             f"# Training recipe diagnosis\n\nCommand: `{command}`\n\n{text}\n\n![curves](recipe-curves.png)\n"
