@@ -505,7 +505,7 @@ class _Body:
         # portal vein: from the confluence behind the pancreas neck to the hilum, then into both lobes
         hilum = self.point(-88 * k, 0.05, -0.2)
         confluence = self.point(-104, 0.12, 0.02)
-        portal = np.zeros(canvas.grid.shape, bool)
+        portal = np.zeros(canvas.grid.shape, bool) if self.hilar_fat else None  # the vein the hilar fat leaves
         painter.paint_tube(confluence, hilum, 7.0 * s_xy, "portal_vein", claim=portal)
         first_branches = [(confluence, hilum)]
         targets = {"portal_vein": [right_centre, left_centre, right_centre - np.float32([40 * s_z, 0, 0])]}
@@ -533,11 +533,11 @@ class _Body:
             tree &= liver
             painter.paint(window, tree[window], tissue)
             vessels |= tree
-            if tissue == "portal_vein":
+            if tissue == "portal_vein" and portal is not None:
                 portal |= tree
         if self.lower_right_lobe:
             self.paint_lower_right_lobe(rng, painter, occupied, detail, liver)
-        if self.hilar_fat:
+        if portal is not None:
             self.paint_hilar_fat(rng, painter, detail, liver, vessels, portal, first_branches)
         return liver, vessels
 
