@@ -170,9 +170,10 @@ def surroundings_table(real: Path, seeds: int) -> list[str]:
 def hilum(ct: np.ndarray, liver: np.ndarray, portal_vein: np.ndarray) -> tuple[float, float, float]:
     """(mL, fat share, median HU) of what lies inside ``liver``'s outline, is not liver and lies within
     15 mm of the portal vein outside the liver (3 mm grid): the porta hepatis."""
-    pad = 5  # the closing's radius in voxels, so the volume's faces do not cut it
-    radius = np.arange(-pad, pad + 1) ** 2
-    ball = radius[:, None, None] + radius[None, :, None] + radius[None, None, :] <= (12.0 / REAL_SPACING_ZYX[0]) ** 2
+    reach = 12.0 / REAL_SPACING_ZYX[0]  # the closing's radius in voxels (the grid is isotropic)
+    pad = int(np.ceil(reach))  # so the volume's faces do not cut the closing
+    offsets = np.arange(-pad, pad + 1) ** 2
+    ball = offsets[:, None, None] + offsets[None, :, None] + offsets[None, None, :] <= reach**2
     outline = ndimage.binary_closing(np.pad(liver, pad), ball)[pad:-pad, pad:-pad, pad:-pad]
     near = ndimage.distance_transform_edt(~(portal_vein & ~liver), sampling=REAL_SPACING_ZYX) <= 15.0
     zone = outline & ~liver & near
