@@ -11,6 +11,7 @@ from livertumor.phantom import make_phantom
 from livertumor.preprocess import (
     PreprocessConfig,
     body_box,
+    component_centroids,
     effective_range,
     extract_block,
     grid_with_spacing,
@@ -79,6 +80,12 @@ def test_label_resampled_forth_and_back_keeps_every_lesion(direction):
     assert ndimage.label(back.array == 2, structure)[1] == count
     lost_without = resample_label(volume, coarse.grid, keep_components=False).array
     assert ndimage.label(lost_without == 2, structure)[1] < count  # the guarantee is doing the work
+
+
+def test_component_centroids_are_scipys_centres_of_mass():
+    ids, count = ndimage.label(np.random.default_rng(4).random((20, 30, 25)) > 0.9, np.ones((3, 3, 3), bool))
+    chosen = np.arange(1, count + 1)[::3]
+    np.testing.assert_allclose(component_centroids(ids, chosen), ndimage.center_of_mass(ids, ids, chosen))
 
 
 @pytest.mark.parametrize("direction", list(DIRECTIONS))

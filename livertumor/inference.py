@@ -122,8 +122,8 @@ def sliding_window(
     """
     device = device or torch.device("cpu")
     window, starts = window_plan(image.shape, block, divisor, overlap, stretch)
-    weights = gaussian_importance(window)
-    weights_tensor = torch.from_numpy(weights).to(device)
+    weights = torch.from_numpy(gaussian_importance(window))
+    weights_on_device = weights.to(device)
     accumulated: np.ndarray | None = None
     if isinstance(network, nn.Module):
         network.eval()
@@ -132,20 +132,21 @@ def sliding_window(
         batch = np.stack([extract_block(image, start, window, 0.0) for start in group])[:, None]
         with autocast_context(device, precision):
             logits = network(torch.from_numpy(batch).to(device))
-        probabilities = (torch.softmax(logits.float(), dim=1)[:, 1:] * weights_tensor).cpu().numpy()
+        probabilities = (torch.softmax(logits.float(), dim=1)[:, 1:] * weights_on_device).cpu()
         if accumulated is None:
             accumulated = np.zeros((1 + probabilities.shape[1], *image.shape), np.float32)
+            sums = torch.from_numpy(accumulated)  # the same memory: torch's in-place adds use every core
         for start, values in zip(group, probabilities):
             target = tuple(slice(s, min(s + w, n)) for s, w, n in zip(start, window, image.shape))
             crop = tuple(slice(0, t.stop - t.start) for t in target)
-            accumulated[(slice(1, None), *target)] += values[(slice(None), *crop)]
-            accumulated[(0, *target)] += weights[crop]
+            sums[(slice(1, None), *target)] += values[(slice(None), *crop)]
+            sums[(0, *target)] += weights[crop]
         if progress:
             progress(min(1.0, (first + len(group)) / len(starts)), "sliding window")
-    accumulated[1:] /= accumulated[0]
-    accumulated[0] = 1.0
-    for channel in accumulated[1:]:  # in place: no volume-sized temporary while the network is alive
-        accumulated[0] -= channel
+    sums[1:] /= sums[0]
+    sums[0] = 1.0
+    for channel in sums[1:]:  # in place: no volume-sized temporary while the network is alive
+        sums[0] -= channel
     return accumulated
 
 

@@ -78,6 +78,21 @@ def covering_box(source: Grid, target: Grid) -> tuple[tuple[int, int, int], tupl
     return tuple(start.tolist()), tuple(np.maximum(stop, start).tolist())
 
 
+def component_centroids(components: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Mean voxel index ``(len(ids), 3)`` of each of ``ids`` in the component map ``components``, from the
+    voxels of those components only: ``ndimage.center_of_mass`` sums over the whole map once per
+    coordinate (1.56 s against 0.05 s for 42,000 specks on a (192, 258, 364) map)."""
+    flat = components.ravel()
+    wanted = np.zeros(int(flat.max()) + 1, bool)
+    wanted[ids] = True
+    where = np.flatnonzero(wanted[flat])
+    owner = flat[where]
+    counts = np.bincount(owner, minlength=wanted.size)[ids]
+    coordinates = np.unravel_index(where, components.shape)
+    sums = [np.bincount(owner, weights=axis, minlength=wanted.size)[ids] for axis in coordinates]
+    return np.stack(sums, axis=1) / counts[:, None]
+
+
 def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> Volume:
     """Resample a label map onto ``grid`` by nearest neighbour, keeping every connected component.
 
@@ -114,10 +129,7 @@ def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> 
         seen = np.bincount(sampled.ravel(), minlength=len(component_label)) > 0
         lost = np.flatnonzero(~seen[1:]) + 1
         if lost.size:
-            # one pass for all of them; each component's voxels hold its own id, so weighting by the ids
-            # weights a component's voxels equally
-            centroids = ndimage.center_of_mass(components, components, lost)
-            points = source.grid.index_to_physical(np.asarray(centroids))
+            points = source.grid.index_to_physical(component_centroids(components, lost))
             indices = np.round(grid.physical_to_index(points)).astype(int)
             for component, index in zip(lost, indices):
                 if np.all(index >= 0) and np.all(index < grid.shape):
