@@ -1,0 +1,40 @@
+"""Late epochs' weights averaged into one model: a checkpoint choice that does not ride on one epoch's draw.
+
+    python benchmarks/average_checkpoints.py --model MODEL --out FOLDER CHECKPOINT [CHECKPOINT ...]
+
+Each CHECKPOINT is a training checkpoint (``*-last.safetensors`` or a per-epoch copy of it); their weights
+are averaged with equal shares (the network's instance norm keeps no running statistics, so an average of
+weights needs no recalibration) and saved as a new model folder with MODEL's card, its notes naming the
+checkpoints. Score it as any model: ``demo_targets.py``, ``real_scan_curve.py --model FOLDER model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from rescore_checkpoints import checkpoint_network  # the benchmarks folder is the script's path
+
+from livertumor.models import load_model, save_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="the model whose card the checkpoints share")
+    parser.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
+    parser.add_argument("checkpoints", nargs="+", type=Path)
+    args = parser.parse_args()
+    model = load_model(args.model)
+    networks = [checkpoint_network(path, model) for path in args.checkpoints]
+    states = [network.state_dict() for network in networks]
+    network = networks[0]
+    network.load_state_dict({key: torch.stack([state[key].float() for state in states]).mean(0) for key in states[0]})
+    names = ", ".join(path.name for path in args.checkpoints)
+    card = replace(model.card, notes=f"{model.card.notes} Weights: the average of {names}.".strip())
+    print(save_model(args.out, {"tumour": network}, card))
+
+
+if __name__ == "__main__":
+    main()
