@@ -288,6 +288,22 @@ def test_lying_headers_are_refused_before_allocation(real_data, tmp_path):
         _one_line_refusal(result, "more than the file holds")
 
 
+def test_a_header_whose_sizes_are_not_numbers_is_refused_clearly(tmp_path):
+    # found by the fuzz test: a flipped byte in an NRRD's sizes line reached a bare float() ValueError
+    import numpy as np
+
+    from livertumor.errors import ImageReadError
+    from livertumor.io import read_image, write_volume
+    from livertumor.volume import Volume
+
+    write_volume(Volume.from_array(np.zeros((4, 5, 6), np.int16)), tmp_path / "ct.nrrd")
+    head, _, data = (tmp_path / "ct.nrrd").read_bytes().partition(b"\n\n")
+    for garbage in (b"\xfe12", b"nan", b"inf"):
+        (tmp_path / "bad.nrrd").write_bytes(head.replace(b"sizes: 6", b"sizes: " + garbage) + b"\n\n" + data)
+        with pytest.raises(ImageReadError, match=r"sizes .* are not numbers"):
+            read_image(tmp_path / "bad.nrrd")
+
+
 def test_dicom_series_with_missing_or_broken_slices_is_refused(real_data, tmp_path):
     import subprocess
     import sys

@@ -271,7 +271,10 @@ def _check_declared_size(path: Path) -> None:
         sizes = fields.get("sizes") or fields.get("dimsize")
         kind = (fields.get("type") or fields.get("elementtype") or "").lower()
         if sizes and kind and "data file" not in fields and fields.get("elementdatafile", "local").lower() == "local":
-            voxels = int(np.prod([int(float(v)) for v in sizes.split()]))
+            try:
+                voxels = int(np.prod([int(float(v)) for v in sizes.split()]))
+            except (ValueError, OverflowError):  # a damaged header: 'þ12', 'nan', 'inf'
+                raise ImageReadError(f"cannot read {path}: its header's sizes {sizes!r} are not numbers") from None
             declared = voxels * _element_bytes(kind)
             compressed = fields.get("encoding", "raw").lower() not in ("raw",) or fields.get(
                 "compresseddata", "false"
