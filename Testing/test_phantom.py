@@ -11,6 +11,7 @@ from scipy import ndimage
 from livertumor.cli import main
 from livertumor.io import read_image, read_label
 from livertumor.phantom import (
+    ANATOMY_OPTIONS,
     LESION_CLASSES,
     PHASES,
     SIZE_RANGES_MM,
@@ -175,10 +176,10 @@ def test_lower_right_lobe_runs_down_the_right_lateral_wall_beside_the_kidney():
 def test_phantom_command_writes_the_anatomy_options_and_records_them(tmp_path):
     common = ["phantom", "--cases", "1", "--seed", "3", "--shape", "48", "96", "96", "--spacing", "5", "4", "4"]
     assert main([*common, "--out", str(tmp_path / "plain")]) == 0
-    options = ["--lower-right-lobe", "--perihepatic-fat", "--hilar-fat"]
+    options = ["--" + option.replace("_", "-") for option in ANATOMY_OPTIONS]  # every option has its flag
     assert main([*common, "--out", str(tmp_path / "tongue"), *options]) == 0
     manifests = [json.loads((tmp_path / f / "manifest.json").read_text()) for f in ("plain", "tongue")]
-    for option in ("lower_right_lobe", "perihepatic_fat", "hilar_fat"):
+    for option in ANATOMY_OPTIONS:
         assert [m[option] for m in manifests] == [False, True]
     plain, tongue = (read_label(tmp_path / f / "segmentation-0.nii").array >= 1 for f in ("plain", "tongue"))
     assert tongue.sum() > plain.sum() and 0 < (plain & ~tongue).sum() < 0.05 * plain.sum()  # tongue added, hilum cut

@@ -48,7 +48,7 @@ from pathlib import Path
 from livertumor.datasets import find_cases
 from livertumor.memory import keep_freed_memory
 from livertumor.models import load_model
-from livertumor.phantom import write_phantom_dataset
+from livertumor.phantom import ANATOMY_OPTIONS, write_phantom_dataset
 from livertumor.plotting import pyplot, save_figure
 from livertumor.training import TrainConfig, train_model
 
@@ -86,14 +86,6 @@ VARIANTS = {
 }
 
 
-#: ``make_phantom`` anatomy options for the training phantoms: what each adds.
-ANATOMY_OPTIONS = {
-    "lower_right_lobe": "the right lobe's lower tongue",
-    "perihepatic_fat": "fat around the liver",
-    "hilar_fat": "fat around the portal vein at the liver's hilum",
-}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -109,7 +101,7 @@ def main() -> None:
     parser.add_argument("--loader-workers", type=int, help="data-loading processes (default: the settings')")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     for option, what in ANATOMY_OPTIONS.items():
-        parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms with {what}")
+        parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms: {what}")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()

@@ -114,7 +114,7 @@ def _report_dataset(manifest: Path, out: Path) -> None:
 
 def cmd_phantom(args: argparse.Namespace) -> int:
     from .io import folder_lock
-    from .phantom import write_phantom_dataset
+    from .phantom import ANATOMY_OPTIONS, write_phantom_dataset
 
     check_empty_folder(args.out, args.overwrite)
     with folder_lock(args.out), _progress_bar(args.cases, "phantoms") as bar:
@@ -129,9 +129,7 @@ def cmd_phantom(args: argparse.Namespace) -> int:
             phases=args.phases,
             kinds=args.kinds,
             workers=args.workers,
-            lower_right_lobe=args.lower_right_lobe,
-            perihepatic_fat=args.perihepatic_fat,
-            hilar_fat=args.hilar_fat,
+            **{option: getattr(args, option) for option in ANATOMY_OPTIONS},
         )
     _report_dataset(manifest, args.out)
     return 0
@@ -699,7 +697,7 @@ def _add_progress_option(command: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
-    from .phantom import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, LESION_CLASSES, PHASES
+    from .phantom import ANATOMY_OPTIONS, DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, LESION_CLASSES, PHASES
 
     parser = _OneLineParser(
         prog="livertumor",
@@ -756,23 +754,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="processes writing cases at once (default 1; the files do not depend on it)",
     )
-    phantom.add_argument(
-        "--lower-right-lobe",
-        action="store_true",
-        help="give the liver's right lobe a lower tongue along the lateral wall beside the kidney, as on real "
-        "scans (default off: a seed gives the phantom it always gave)",
-    )
-    phantom.add_argument(
-        "--perihepatic-fat",
-        action="store_true",
-        help="keep the bowel loops 2-8 mm off the liver with visceral fat, as on real scans (default off)",
-    )
-    phantom.add_argument(
-        "--hilar-fat",
-        action="store_true",
-        help="a fat sheath around the portal vein where it enters the liver (porta hepatis), outside the liver "
-        "label as on real organ maps (default off)",
-    )
+    for option, what in ANATOMY_OPTIONS.items():
+        phantom.add_argument(
+            "--" + option.replace("_", "-"),
+            action="store_true",
+            help=f"{what} (default off: a seed gives the phantom it always gave)",
+        )
     phantom.add_argument("--overwrite", action="store_true", help="write into a folder that holds files already")
     phantom.set_defaults(run=cmd_phantom)
 

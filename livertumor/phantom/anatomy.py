@@ -50,6 +50,15 @@ ORGAN_MAP_TISSUES = tuple(tissue_table("native"))
 
 DEFAULT_SHAPE = (128, 256, 256)
 DEFAULT_SPACING_ZYX = (2.0, 1.5, 1.5)
+#: :func:`make_phantom`'s anatomy options, each off by default so that a seed keeps giving the phantom it
+#: always gave: what each adds. The ``phantom`` command's flags and the benchmarks' read this table.
+ANATOMY_OPTIONS = {
+    "lower_right_lobe": "give the liver's right lobe a lower tongue along the lateral wall beside the kidney, as on "
+    "real scans",
+    "perihepatic_fat": "keep the bowel loops 2-8 mm off the liver with visceral fat, as on real scans",
+    "hilar_fat": "a fat sheath around the portal vein where it enters the liver (porta hepatis), outside the liver "
+    "label as on real organ maps",
+}
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ def write_phantom_dataset(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    anatomy = {"lower_right_lobe": lower_right_lobe, "perihepatic_fat": perihepatic_fat, "hilar_fat": hilar_fat}
     manifest = manifest_header(
         "livertumor.phantom",
         seed,
@@ -103,9 +104,7 @@ def write_phantom_dataset(
         spacing_zyx_mm=list(spacing_zyx),
         phases=list(PHASES if phases is None else phases),
         kinds=list(kinds) if kinds else "drawn per liver",
-        lower_right_lobe=lower_right_lobe,
-        perihepatic_fat=perihepatic_fat,
-        hilar_fat=hilar_fat,
+        **anatomy,
     )
 
     def make_case(index: int, case_seed: int) -> Phantom:
@@ -122,9 +121,7 @@ def write_phantom_dataset(
             lesion_count=count,
             kinds=case_kinds,
             phase=draw_phase(case_seed, phases),
-            lower_right_lobe=lower_right_lobe,
-            perihepatic_fat=perihepatic_fat,
-            hilar_fat=hilar_fat,
+            **anatomy,
         )
 
     return write_cases(out, manifest, cases, seed, suffix, progress, make_case, workers)
