@@ -2,8 +2,8 @@
 
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
         [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
-        [--whole-batch 2] [--loader-workers 4] [--phantom-workers 16] [--lower-right-lobe] [--perihepatic-fat]
-        [--hilar-fat]
+        [--whole-batch 2] [--loader-workers 4] [--spacing 2.0] [--phantom-workers 16] [--lower-right-lobe]
+        [--perihepatic-fat] [--hilar-fat]
         [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
@@ -31,10 +31,12 @@ Variants:
 
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder) and
 validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
-``--device``, ``--whole-batch`` and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every
-variant: a GPU takes bigger batches at nearly the same step time, and needs more processes sampling blocks to
-keep it fed. ``--lower-right-lobe``, ``--perihepatic-fat`` and ``--hilar-fat`` give the training phantoms those
-anatomy options (``make_phantom``); the validation phantoms stay the default anatomy, so curves compare across runs.
+``--spacing`` sets the network's grid (isotropic mm, the settings' 2.5 otherwise): with ``--init`` a model
+continued on a finer grid, to measure what its resolution costs small lesions. ``--device``, ``--whole-batch``
+and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every variant: a GPU takes bigger batches
+at nearly the same step time, and needs more processes sampling blocks to keep it fed. ``--lower-right-lobe``,
+``--perihepatic-fat`` and ``--hilar-fat`` give the training phantoms those anatomy options (``make_phantom``);
+the validation phantoms stay the default anatomy, so curves compare across runs.
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--device", help="train here (default: the settings' device)")
     parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes (default: the settings')")
+    parser.add_argument("--spacing", type=float, help="isotropic grid of the network, mm (default: the settings')")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     for option, what in ANATOMY_OPTIONS.items():
         parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms: {what}")
@@ -122,6 +125,8 @@ def main() -> None:
     base = replace(base, stage_epochs=tuple(args.stages), iterations_per_epoch=args.iterations)
     base = replace(base, device=args.device or base.device, whole_batch=args.whole_batch or base.whole_batch)
     base = replace(base, workers=base.workers if args.loader_workers is None else args.loader_workers)
+    if args.spacing:
+        base = replace(base, preprocess=replace(base.preprocess, spacing=(args.spacing,) * 3))
     initial, parent = None, None
     if args.init:
         trained = load_model(args.init)
@@ -172,6 +177,7 @@ def main() -> None:
             + (f" --device {args.device}" if args.device else "")
             + (f" --whole-batch {args.whole_batch}" if args.whole_batch else "")
             + (f" --loader-workers {args.loader_workers}" if args.loader_workers is not None else "")
+            + (f" --spacing {args.spacing:g}" if args.spacing else "")
             + "".join(" --" + option.replace("_", "-") for option in ANATOMY_OPTIONS if getattr(args, option))
         )
         args.markdown.write_text(
