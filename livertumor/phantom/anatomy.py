@@ -51,7 +51,7 @@ ORGAN_MAP_TISSUES = tuple(tissue_table("native"))
 DEFAULT_SHAPE = (128, 256, 256)
 DEFAULT_SPACING_ZYX = (2.0, 1.5, 1.5)
 #: :func:`make_phantom`'s anatomy options, each off by default so that a seed keeps giving the phantom it
-#: always gave: what each adds. The ``phantom`` command's flags and the benchmarks' read this table.
+#: always gave: what each adds. The ``phantom`` command's flags and ``benchmarks/recipe.py``'s come from it.
 ANATOMY_OPTIONS = {
     "lower_right_lobe": "give the liver's right lobe a lower tongue along the lateral wall beside the kidney, as on "
     "real scans",
