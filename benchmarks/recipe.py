@@ -24,6 +24,8 @@ Variants:
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
+* ``continue-poly-dice-ce``: the same with Dice + cross-entropy, whose tumour term gains nothing from a
+  block without tumour marked empty (the paper's loss pays up to a point for it);
 * ``continue-poly-tumour-half``: the same from 2.5e-4 with half the blocks around a tumour (for the large
   lesions a continued model still misses);
 * ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
@@ -66,6 +68,13 @@ VARIANTS = {
     "continue-poly": {
         "schema": "naive",
         "loss": "weighted-dice",
+        "learning_rate": 5e-4,
+        "lr_schedule": "poly",
+        "tumour_fraction": 0.25,
+    },
+    "continue-poly-dice-ce": {
+        "schema": "naive",
+        "loss": "dice-ce",
         "learning_rate": 5e-4,
         "lr_schedule": "poly",
         "tumour_fraction": 0.25,
