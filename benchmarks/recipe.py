@@ -24,8 +24,8 @@ Variants:
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
-* ``continue-poly-dice-ce``: the same with Dice + cross-entropy, whose tumour term gains nothing from a
-  block without tumour marked empty (the paper's loss pays up to a point for it);
+* ``continue-poly-dice-ce``: the same with the paper's loss plus cross-entropy, which counts every voxel
+  and so weighs against the paper's reward for a tumour-free block marked empty, without removing it;
 * ``continue-poly-tumour-half``: the same from 2.5e-4 with half the blocks around a tumour (for the large
   lesions a continued model still misses);
 * ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
