@@ -1,6 +1,6 @@
 """What the paper's weighted Dice (eq. 1-2, eps 1) pays on blocks with and without tumour, per checkpoint.
 
-    cd benchmarks && python negative_blocks.py [--data /tmp/r7/train] [--spacing 2.0] CHECKPOINT [CHECKPOINT ...]
+    cd benchmarks && python negative_blocks.py --data FOLDER [--spacing 2.0] CHECKPOINT [CHECKPOINT ...]
 
 Blocks of the model's size centred on random liver-or-tumour voxels (as training draws them) of the first
 ``--cases`` phantoms of ``--data``; each CHECKPOINT on the ``--spacing`` grid, and the shipped demo model on
@@ -49,7 +49,7 @@ def block_losses(network: torch.nn.Module, cases, block: tuple[int, ...], per_ca
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/tmp/r7/train")
+    parser.add_argument("--data", required=True, help="training cases (the run's train folder)")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--blocks", type=int, default=6, help="blocks per case")
     parser.add_argument("--spacing", type=float, default=2.0, help="the checkpoints' grid, isotropic mm")
