@@ -2,11 +2,12 @@
 
     cd benchmarks && python negative_blocks.py --data FOLDER [--spacing 2.0] CHECKPOINT [CHECKPOINT ...]
 
-Blocks of the model's size centred on random liver-or-tumour voxels (as training draws them) of the first
-``--cases`` phantoms of ``--data``; each CHECKPOINT on the ``--spacing`` grid, and the shipped demo model on
-its own. Printed per weights: the median summed tumour probability of the blocks without tumour, and the mean
-loss of each kind of block. A block without tumour earns up to a whole point of loss as its summed tumour
-probability falls below one voxel (docs/results/demo-model.md, the 2.0 mm continuation).
+Blocks of the model's size centred on random liver-or-tumour voxels of the first ``--cases`` phantoms of
+``--data`` (near what training draws: it centres its whole-volume blocks in the labelled region's box); each
+CHECKPOINT on the ``--spacing`` grid, and the shipped demo model on its own. Printed per weights: the median
+summed tumour probability of the blocks without tumour, and the mean loss of each kind of block. A block
+without tumour earns up to a whole point of loss as its summed tumour probability falls below one voxel
+(docs/results/demo-model.md, the 2.0 mm continuation).
 """
 
 from __future__ import annotations
