@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from livertumor.losses import weighted_dice_loss
+from livertumor.losses import present_dice_loss, weighted_dice_loss
 from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig
 
 
@@ -87,6 +87,37 @@ def test_negative_volume_still_teaches_with_eps_one():
     logits = torch.zeros(1, 2, 8, 8, 8, requires_grad=True)
     weighted_dice_loss(logits, torch.zeros(1, 8, 8, 8, dtype=torch.long), eps=1.0).backward()
     assert logits.grad[0, 1].mean() > 0  # pushes tumour logits down where there is no tumour
+
+
+def _tumour_free_block(tumour_voxels: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Background/liver/tumour logits on a 4x8x8 block of background and liver, no tumour in the truth,
+    with the given summed tumour probability spread evenly."""
+    target = torch.zeros(1, 4, 8, 8, dtype=torch.long)
+    target[0, :, 4:] = 1
+    one_hot = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float()
+    p_tumour = tumour_voxels / target.numel()
+    probabilities = one_hot * (1 - p_tumour)
+    probabilities[:, 2] = p_tumour
+    return probabilities.clamp_min(1e-12).log(), target
+
+
+def test_present_dice_pays_nothing_for_an_empty_tumour_map():
+    # the paper's loss with eps 1 pays most of a point for taking a block from 10 voxels of summed
+    # tumour probability to none; present-dice drops the term of the class the block lacks
+    paper_gain = weighted_dice_loss(*_tumour_free_block(10.0)) - weighted_dice_loss(*_tumour_free_block(0.01))
+    present_gain = present_dice_loss(*_tumour_free_block(10.0)) - present_dice_loss(*_tumour_free_block(0.01))
+    assert paper_gain > 0.8
+    assert 0 < present_gain < 0.05  # what is left: tumour probability lowers the liver's Dice
+
+
+def test_present_dice_still_pushes_false_tumour_down_and_equals_the_paper_when_all_classes_are_there():
+    logits, target = _tumour_free_block(10.0)
+    logits.requires_grad_(True)
+    present_dice_loss(logits, target).backward()
+    assert logits.grad[0, 2][target[0] == 1].mean() > 0
+    target[0, 0, 0, 4] = 2
+    mixed = torch.randn(1, 3, 4, 8, 8)
+    assert present_dice_loss(mixed, target).item() == pytest.approx(weighted_dice_loss(mixed, target).item())
 
 
 def test_each_volume_of_a_batch_gets_its_own_weights():

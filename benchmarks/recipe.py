@@ -26,6 +26,8 @@ Variants:
   continue a trained model;
 * ``continue-poly-dice-ce``: the same with the paper's loss plus cross-entropy, which counts every voxel
   and so weighs against the paper's reward for a tumour-free block marked empty, without removing it;
+* ``continue-poly-present-dice``: the same with ``present-dice``, the paper's loss over the classes each block
+  holds, which removes that reward;
 * ``continue-poly-tumour-half``: the same from 2.5e-4 with half the blocks around a tumour (for the large
   lesions a continued model still misses);
 * ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
@@ -75,6 +77,13 @@ VARIANTS = {
     "continue-poly-dice-ce": {
         "schema": "naive",
         "loss": "dice-ce",
+        "learning_rate": 5e-4,
+        "lr_schedule": "poly",
+        "tumour_fraction": 0.25,
+    },
+    "continue-poly-present-dice": {
+        "schema": "naive",
+        "loss": "present-dice",
         "learning_rate": 5e-4,
         "lr_schedule": "poly",
         "tumour_fraction": 0.25,

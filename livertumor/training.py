@@ -97,7 +97,8 @@ class TrainConfig:
     #: Share of whole-volume blocks drawn around a tumour (0: the paper's sub-images only).
     tumour_fraction: float = 0.0
     loss_eps: float = 1.0
-    #: ``weighted-dice`` (the paper's eq. 1-2) or ``dice-ce`` (plus cross-entropy), see losses.LOSSES.
+    #: ``weighted-dice`` (the paper's eq. 1-2), ``dice-ce`` (plus cross-entropy) or ``present-dice`` (eq. 1-2
+    #: over the classes a block holds), see losses.LOSSES.
     loss: str = "weighted-dice"
     augmentation: Augmentation = field(default_factory=Augmentation)
     workers: int = 2
