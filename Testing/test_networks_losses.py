@@ -101,7 +101,7 @@ def _tumour_free_block(tumour_voxels: float) -> tuple[torch.Tensor, torch.Tensor
     return probabilities.clamp_min(1e-12).log(), target
 
 
-def test_present_dice_pays_nothing_for_an_empty_tumour_map():
+def test_present_dice_drops_the_reward_for_an_empty_tumour_map():
     # the paper's loss with eps 1 pays most of a point for taking a block from 10 voxels of summed
     # tumour probability to none; present-dice drops the term of the class the block lacks
     paper_gain = weighted_dice_loss(*_tumour_free_block(10.0)) - weighted_dice_loss(*_tumour_free_block(0.01))
