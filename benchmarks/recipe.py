@@ -59,6 +59,13 @@ from livertumor.plotting import pyplot, save_figure
 from livertumor.training import TrainConfig, train_model
 
 SETTINGS = Path(__file__).resolve().parents[1] / "Resources/Models/demo-curriculum.train.json"
+CONTINUE_POLY = {
+    "schema": "naive",
+    "loss": "weighted-dice",
+    "learning_rate": 5e-4,
+    "lr_schedule": "poly",
+    "tumour_fraction": 0.25,
+}
 VARIANTS = {
     "paper": {"loss": "weighted-dice", "stage_decay": 0.1},
     "dice-ce": {"loss": "dice-ce", "stage_decay": 0.1},
@@ -67,27 +74,9 @@ VARIANTS = {
     "dice-ce-tumour-half": {"loss": "dice-ce", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-tumour-half": {"loss": "weighted-dice", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
-    "continue-poly": {
-        "schema": "naive",
-        "loss": "weighted-dice",
-        "learning_rate": 5e-4,
-        "lr_schedule": "poly",
-        "tumour_fraction": 0.25,
-    },
-    "continue-poly-dice-ce": {
-        "schema": "naive",
-        "loss": "dice-ce",
-        "learning_rate": 5e-4,
-        "lr_schedule": "poly",
-        "tumour_fraction": 0.25,
-    },
-    "continue-poly-present-dice": {
-        "schema": "naive",
-        "loss": "present-dice",
-        "learning_rate": 5e-4,
-        "lr_schedule": "poly",
-        "tumour_fraction": 0.25,
-    },
+    "continue-poly": CONTINUE_POLY,
+    "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
+    "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},
     "continue-poly-tumour-half": {
         "schema": "naive",
         "loss": "weighted-dice",
