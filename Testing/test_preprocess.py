@@ -111,6 +111,69 @@ def test_label_resampling_of_the_labelled_box_equals_resampling_everything(direc
     assert empty.grid == target and not empty.array.any()
 
 
+def sphere_scores(grid: Grid, centre: np.ndarray, radius_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A sphere's label map (2 inside) on ``grid`` and each voxel's probability of lying inside it, a
+    logistic of the signed distance to its surface: what a network gives near a boundary."""
+    index = np.stack(np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij"), -1).reshape(-1, 3)
+    distance = np.linalg.norm(grid.index_to_physical(index.astype(float)) - centre, axis=1).reshape(grid.shape)
+    inside = (1.0 / (1.0 + np.exp((distance - radius_mm) / 1.5))).astype(np.float32)
+    return np.where(distance <= radius_mm, 2, 0).astype(np.uint8), inside
+
+
+@pytest.mark.parametrize("direction", list(DIRECTIONS))
+def test_interpolated_scores_draw_the_boundary_between_coarse_voxels(direction):
+    """Mapped back from a 3 mm grid by their scores, a sphere's labels follow its surface better than
+    its interpolated one-hot, and that better than nearest-neighbour's staircase, on the target grid
+    exactly, in any orientation."""
+    fine = Grid((36, 48, 44), (0.8, 0.8, 1.0), (3.0, -4.0, 5.0), DIRECTIONS[direction])
+    centre = fine.index_to_physical(np.array([17.3, 23.6, 21.2]))
+    truth, _ = sphere_scores(fine, centre, 11.0)
+    coarse_grid = grid_with_spacing(fine, (3.0, 3.0, 3.0))
+    coarse, inside = sphere_scores(coarse_grid, centre, 11.0)
+    labels = Volume(coarse, coarse_grid)
+
+    def dice(mask: np.ndarray) -> float:
+        return 2 * (mask & (truth == 2)).sum() / (mask.sum() + (truth == 2).sum())
+
+    nearest = dice(resample_label(labels, fine).array == 2)
+    one_hot = dice(resample_label(labels, fine, scores={}).array == 2)  # no scores: the labels' one-hot
+    scored = resample_label(labels, fine, scores={0: 1 - inside, 2: inside})
+    assert scored.grid == fine and scored.array.dtype == np.uint8
+    assert set(np.unique(scored.array)) == {0, 2}
+    assert dice(scored.array == 2) > one_hot + 0.02 > nearest + 0.04
+    assert dice(scored.array == 2) > 0.95
+
+
+def test_scores_never_overrule_the_labels_decisions():
+    """Where the labels say otherwise (a lesion dropped after the network, a value without a score) the
+    labels win: the scores' second sphere is not mapped back, the liver without a score is."""
+    fine = Grid((30, 40, 40), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    coarse_grid = grid_with_spacing(fine, (2.5, 2.5, 2.5))
+    kept, inside_kept = sphere_scores(coarse_grid, np.array([12.0, 12.0, 12.0]), 6.0)
+    _, inside_dropped = sphere_scores(coarse_grid, np.array([29.0, 29.0, 18.0]), 6.0)
+    labels = kept.copy()
+    labels[6:11, 0:5, 10:15] = 1  # liver, without a score of its own
+    inside = np.maximum(inside_kept, inside_dropped)
+    out = resample_label(Volume(labels, coarse_grid), fine, scores={0: 1 - inside, 2: inside}).array
+    assert (out == 2).any() and not (out[:, 24:, 24:] == 2).any()
+    assert (out == 1).sum() == pytest.approx((labels == 1).sum() * 2.5**3, rel=0.25)
+
+
+def test_a_lesion_the_interpolated_scores_lose_is_put_back():
+    """A one-voxel lesion whose score wins only at its own centre vanishes from a grid whose voxels all
+    fall between coarse centres; it comes back as one voxel at its centroid."""
+    coarse_grid = Grid((9, 9, 9), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    fine = Grid((17, 17, 17), (1.0, 1.0, 1.0), (0.5, 0.5, 0.5))  # every voxel between coarse centres
+    labels = np.zeros(coarse_grid.shape, np.uint8)
+    labels[2:7, 2:7, 2:7] = 1
+    labels[4, 4, 4] = 2
+    scores = {0: np.where(labels == 0, 1.0, 0.0), 1: np.where(labels == 1, 1.0, 0.3), 2: 0.4 * (labels == 2)}
+    volume = Volume(labels, coarse_grid)
+    assert not (resample_label(volume, fine, keep_components=False, scores=scores).array == 2).any()
+    out = resample_label(volume, fine, scores=scores).array
+    assert (out == 2).sum() == 1 and (out == 1).sum() > 0
+
+
 def test_window_maps_the_paper_window_to_unit_range():
     out = window_hu(np.array([-1000, -60, 40, 140, 3000], np.int16))
     np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0])

@@ -12,7 +12,8 @@ end, with the machine's measured limit beside them.
 3. ``livertumor segment`` end to end on a 512x512x120 phantom CT at 0.75x0.75x1.6 mm (a NIfTI file in,
    the label file out) with that network (random weights: speed does not depend on them), per backend,
    each in its own process: seconds, the process's peak resident memory, agreement of its tumour labels
-   with PyTorch's (Dice); and ``restore_to_grid`` of a label map alone.
+   with PyTorch's (Dice); and ``restore_to_grid`` of a label map alone, by nearest neighbour and by the
+   interpolated class probabilities (what ``segment`` does).
 4. Where bf16 is asked for (``--precision bf16``, PyTorch only): its labels' agreement with fp32's.
 5. Where MONAI is installed (``pip install -e ".[bench]"``): its ``sliding_window_inference`` on the same
    network, volume and overlap.
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.flop_counter import FlopCounterMode
 
 from livertumor import backends
@@ -206,6 +208,11 @@ def main() -> None:
     on_prepared.array[40:150, 60:200, 80:260] = 1
     on_prepared.array[90:100, 100:112, 120:131] = 2
     restore = median_seconds(lambda: restore_to_grid(on_prepared, phantom.ct.grid, is_label=True), args.repeats)
+    # what segment maps back: the labels with each class's probability (here a blurred one-hot)
+    scores = {k: ndimage.uniform_filter((on_prepared.array == k).astype(np.float32), 3) for k in range(3)}
+    restore_scored = median_seconds(
+        lambda: restore_to_grid(on_prepared, phantom.ct.grid, is_label=True, scores=scores), args.repeats
+    )
     start = time.perf_counter()
     sliding_window(
         network,
@@ -257,7 +264,10 @@ def main() -> None:
         )
         windows = f"{len(starts)} of {'x'.join(map(str, window))}"
         print(f"| {name} | {stretch:g} | {windows} | {seconds:.2f} | {memory:.0f} | {agreement:.4f} |")
-    print(f"\nrestore_to_grid of a label map (liver box) onto the 512x512x120 grid: {restore:.2f} s")
+    print(
+        f"\nrestore_to_grid of a label map (liver box) onto the 512x512x120 grid: {restore:.2f} s by nearest "
+        f"neighbour, {restore_scored:.2f} s by the interpolated class probabilities (what segment does)"
+    )
     print(f"our sliding window alone on {prepared.shape} (PyTorch): {ours:.2f} s")
     if monai is not None:
         print(f"MONAI sliding_window_inference, same network, input, window and overlap: {monai:.2f} s")

@@ -15,7 +15,7 @@ from torch import nn
 from .data import LIVER, TUMOUR, foreground_channel, task_for
 from .errors import LiverTumorError
 from .networks import round_up
-from .preprocess import axis_starts, extract_block, prepare_ct, restore_to_grid, sub_image_starts
+from .preprocess import axis_starts, extract_block, highest, prepare_ct, restore_to_grid, sub_image_starts
 from .volume import Volume
 
 Progress = Callable[[float, str], None]
@@ -151,15 +151,8 @@ def sliding_window(
 
 
 def class_map(probabilities: np.ndarray) -> np.ndarray:
-    """``probabilities.argmax(0)`` as uint8 (ties go to the lower class, as argmax's), one channel at a
-    time: on a (3, 192, 258, 364) volume 6x faster than numpy's argmax along the strided first axis."""
-    best = probabilities[0].copy()
-    classes = np.zeros(best.shape, np.uint8)
-    for channel in range(1, probabilities.shape[0]):
-        higher = probabilities[channel] > best
-        classes[higher] = channel
-        np.maximum(best, probabilities[channel], out=best)
-    return classes
+    """``probabilities.argmax(0)`` as uint8, one channel at a time (:func:`highest`)."""
+    return highest(enumerate(probabilities))
 
 
 def drop_tumour_outside_liver(labels: np.ndarray) -> np.ndarray:
@@ -247,6 +240,9 @@ def segment(
     labels = np.zeros(prepared.shape, np.uint8)
     tumour = np.zeros(prepared.shape, np.float32) if probabilities else None
     region = tuple(slice(0, n) for n in prepared.shape)
+    # each label's probability, for the way back (resample_label); a cascade's stages see different
+    # regions, so there the labels' one-hot (no scores) is interpolated instead
+    scores: dict[int, np.ndarray] = {}
     for index, (role, network) in enumerate(stages):
 
         def stage_progress(fraction: float, message: str, index: int = index, role: str = role) -> None:
@@ -283,8 +279,10 @@ def segment(
             if tumour is not None:
                 tumour[region] = result[channel]
             labels[region][classes == channel] = TUMOUR
-        # the class probabilities are the largest arrays, and a compiled runtime keeps its activation
-        # buffers while it lives: both gone before mapping back (until then its peak, docs/results/inference.md)
+            if len(stages) == 1:
+                scores = {0: result[0], TUMOUR: result[channel]} | ({LIVER: result[LIVER]} if channel == TUMOUR else {})
+        # a compiled runtime keeps its activation buffers while it lives: gone before mapping back
+        # (until then its peak, docs/results/inference.md)
         del result, classes, forward
     keep_in_liver = loaded.card.tumour_in_liver if tumour_in_liver is None else tumour_in_liver
     if keep_in_liver and (labels == LIVER).any():
@@ -292,7 +290,8 @@ def segment(
         if tumour is not None:
             tumour[outside] = 0.0
     report(0.9, "mapping back onto the input grid")
-    on_input = restore_to_grid(prepared.with_array(labels), grid, is_label=True)
+    on_input = restore_to_grid(prepared.with_array(labels), grid, is_label=True, scores=scores)
+    del scores
     if min_lesion_mm > 0:
         drop_small_lesions(on_input, min_lesion_mm)
     probability = None

@@ -12,7 +12,7 @@ space, so a prediction made on any processed grid maps back onto the original on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal, get_args
 
@@ -93,11 +93,22 @@ def component_centroids(components: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.stack(sums, axis=1) / counts[:, None]
 
 
-def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> Volume:
-    """Resample a label map onto ``grid`` by nearest neighbour, keeping every connected component.
+def resample_label(
+    volume: Volume, grid: Grid, keep_components: bool = True, scores: Mapping[int, np.ndarray] | None = None
+) -> Volume:
+    """Resample a label map onto ``grid``, keeping every connected component: by nearest neighbour, or
+    where ``scores`` are given, as the label whose score is highest after linear interpolation.
+
+    ``scores`` maps label values to a score (a class probability) on ``volume``'s grid. A boundary then
+    falls between the coarse voxels, where the scores cross, instead of on their staircase: measured on
+    the demo model's 2.5 mm grid mapped back to 1.5x1.5x2 mm phantoms, liver Dice +0.0035 on each of 30
+    (docs/results/demo-model.md). ``volume`` holds the decisions: where the scores' winner differs from
+    its label (a decision made after the network) that voxel's scores become the label's one-hot, so the
+    coarse labels are exactly what is interpolated; so do the voxels of a value without a score (no
+    scores at all: the labels' one-hot is interpolated).
 
     Nearest-neighbour sampling on a coarser grid can miss a lesion smaller than the new spacing. With
-    ``keep_components`` each component (26-connected, per label value) that no output voxel samples is put
+    ``keep_components`` each component (26-connected, per label value) that no output voxel shows is put
     back as the output voxel nearest its centroid, so a small lesion never vanishes.
 
     Only the labelled box (plus a voxel) is resampled, onto the part of ``grid`` it can reach: a liver
@@ -122,11 +133,17 @@ def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> 
         component_label += [int(value)] * count
     target_start, target_stop = covering_box(source.grid, grid)
     target = tuple(slice(a, b) for a, b in zip(target_start, target_stop))
-    sampled = resample_to_grid(source.with_array(components), grid.crop(target_start, target_stop), "nearest", 0).array
+    target_grid = grid.crop(target_start, target_stop)
+    sampled = resample_to_grid(source.with_array(components), target_grid, "nearest", 0).array
     lookup = np.asarray(component_label, dtype=dtype)
-    out[target] = lookup[sampled]
+    if scores is None:
+        out[target] = lookup[sampled]
+    else:
+        box = tuple(slice(a, b) for a, b in zip(start, stop))
+        out[target] = _interpolated_winner(source, scores, box, target_grid).astype(dtype, copy=False)
     if keep_components and len(component_label) > 1:
-        seen = np.bincount(sampled.ravel(), minlength=len(component_label)) > 0
+        shown = sampled[out[target] == lookup[sampled]]
+        seen = np.bincount(shown.ravel(), minlength=len(component_label)) > 0
         lost = np.flatnonzero(~seen[1:]) + 1
         if lost.size:
             points = source.grid.index_to_physical(component_centroids(components, lost))
@@ -135,6 +152,46 @@ def resample_label(volume: Volume, grid: Grid, keep_components: bool = True) -> 
                 if np.all(index >= 0) and np.all(index < grid.shape):
                     out[tuple(index)] = component_label[component]
     return Volume(out, grid)
+
+
+def _interpolated_winner(
+    labels: Volume, scores: Mapping[int, np.ndarray], box: tuple[slice, ...], grid: Grid
+) -> np.ndarray:
+    """On ``grid``, the label value whose score (``scores[value][box]``, made to agree with ``labels``,
+    the box's label map, and one-hot at voxels of a value without a score) is highest after linear
+    interpolation; outside ``labels`` background wins.
+    One class at a time, so the memory is two float arrays of ``grid`` whatever the number of classes."""
+    decided = labels.array
+    values = sorted(set(scores) | {0} | set(np.unique(decided).tolist()))
+    channels = {
+        value: np.array(scores[value][box], np.float32) if value in scores else np.zeros(decided.shape, np.float32)
+        for value in values
+    }
+    overruled = (highest(channels.items(), decided.dtype) != decided) | ~np.isin(decided, list(scores))
+    for value, channel in channels.items():
+        channel[overruled] = decided[overruled] == value
+    return highest(
+        (
+            (value, resample_to_grid(labels.with_array(channel), grid, "linear", float(value == 0)).array)
+            for value, channel in channels.items()
+        ),
+        decided.dtype,
+    )
+
+
+def highest(scored: Iterable[tuple[int, np.ndarray]], dtype: np.dtype = np.uint8) -> np.ndarray:
+    """At each voxel the value whose score is highest (ties go to the earlier one, as argmax's), from
+    ``(value, score)`` pairs taken one at a time: a generator of scores keeps two arrays in memory, and
+    on a (3, 192, 258, 364) stack this is 6x faster than numpy's argmax along the strided first axis."""
+    pairs = iter(scored)
+    value, score = next(pairs)
+    best = np.array(score, np.float32)
+    classes = np.full(best.shape, value, dtype)
+    for value, score in pairs:
+        higher = score > best
+        classes[higher] = value
+        np.maximum(best, score, out=best)
+    return classes
 
 
 def resample_to_spacing(volume: Volume, spacing: Sequence[float], interpolation: Interpolation = "linear") -> Volume:
@@ -292,9 +349,12 @@ def prepare_ct(ct: Volume, config: PreprocessConfig) -> Volume:
     return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center))
 
 
-def restore_to_grid(prediction: Volume, grid: Grid, is_label: bool) -> Volume:
+def restore_to_grid(
+    prediction: Volume, grid: Grid, is_label: bool, scores: Mapping[int, np.ndarray] | None = None
+) -> Volume:
     """Map a prediction from its processed grid back onto ``grid`` (the input CT's): label maps by
-    :func:`resample_label`, probabilities linearly. Outside the processed box the value is 0."""
+    :func:`resample_label` (with ``scores``, each label's probability on the processed grid, by their
+    interpolated winner), probabilities linearly. Outside the processed box the value is 0."""
     if is_label:
-        return resample_label(prediction, grid)
+        return resample_label(prediction, grid, scores=scores)
     return resample_to_grid(prediction, grid, "linear", 0.0)
