@@ -160,20 +160,28 @@ def _interpolated_winner(
     """On ``grid``, the label value whose score (``scores[value][box]``, made to agree with ``labels``,
     the box's label map, and one-hot at voxels of a value without a score) is highest after linear
     interpolation; outside ``labels`` background wins.
-    One class at a time, so the memory is two float arrays of ``grid`` whatever the number of classes."""
+    One class at a time, so the memory is two float arrays of ``grid`` and one of the box whatever the
+    number of classes."""
     decided = labels.array
     values = sorted(set(scores) | {0} | set(np.unique(decided).tolist()))
-    channels = {
-        value: np.array(scores[value][box], np.float32) if value in scores else np.zeros(decided.shape, np.float32)
-        for value in values
-    }
-    overruled = (highest(channels.items(), decided.dtype) != decided) | ~np.isin(decided, list(scores))
-    for value, channel in channels.items():
+
+    def score(value: int) -> np.ndarray:
+        if value in scores:
+            return np.array(scores[value][box], np.float32)
+        return np.zeros(decided.shape, np.float32)
+
+    winner = highest(((value, score(value)) for value in values), decided.dtype)
+    overruled = (winner != decided) | ~np.isin(decided, list(scores))
+
+    def agreed(value: int) -> np.ndarray:
+        channel = score(value)
         channel[overruled] = decided[overruled] == value
+        return channel
+
     return highest(
         (
-            (value, resample_to_grid(labels.with_array(channel), grid, "linear", float(value == 0)).array)
-            for value, channel in channels.items()
+            (value, resample_to_grid(labels.with_array(agreed(value)), grid, "linear", float(value == 0)).array)
+            for value in values
         ),
         decided.dtype,
     )
