@@ -165,16 +165,14 @@ def _interpolated_winner(
     decided = labels.array
     values = sorted(set(scores) | {0} | set(np.unique(decided).tolist()))
 
-    def score(value: int) -> np.ndarray:
-        if value in scores:
-            return np.array(scores[value][box], np.float32)
-        return np.zeros(decided.shape, np.float32)
+    def score(value: int) -> np.ndarray:  # a view of the caller's scores where it has them
+        return scores[value][box] if value in scores else np.zeros(decided.shape, np.float32)
 
     winner = highest(((value, score(value)) for value in values), decided.dtype)
     overruled = (winner != decided) | ~np.isin(decided, list(scores))
 
     def agreed(value: int) -> np.ndarray:
-        channel = score(value)
+        channel = np.array(score(value), np.float32)
         channel[overruled] = decided[overruled] == value
         return channel
 
