@@ -101,11 +101,11 @@ def resample_label(
 
     ``scores`` maps label values to a score (a class probability) on ``volume``'s grid. A boundary then
     falls between the coarse voxels, where the scores cross, instead of on their staircase: measured on
-    the demo model's 2.5 mm grid mapped back to 1.5x1.5x2 mm phantoms, liver Dice +0.0035 on each of 30
-    (docs/results/demo-model.md). ``volume`` holds the decisions: where the scores' winner differs from
-    its label (a decision made after the network) that voxel's scores become the label's one-hot, so the
-    coarse labels are exactly what is interpolated; so do the voxels of a value without a score (no
-    scores at all: the labels' one-hot is interpolated).
+    the demo model's 2.5 mm grid mapped back to 1.5x1.5x2 mm phantoms, liver Dice +0.0035 on average and
+    higher on each of 30 (docs/results/demo-model.md). ``volume`` holds the decisions: where the scores'
+    winner differs from its label (a decision made after the network) that voxel's scores become the
+    label's one-hot, so the coarse labels are exactly what is interpolated; so do the voxels of a value
+    without a score (no scores at all: the labels' one-hot is interpolated).
 
     Nearest-neighbour sampling on a coarser grid can miss a lesion smaller than the new spacing. With
     ``keep_components`` each component (26-connected, per label value) that no output voxel shows is put
