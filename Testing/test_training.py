@@ -86,6 +86,43 @@ def test_positive_patches_hold_tumour_and_negative_ones_none(prepared):
     assert 15 < sum(tumour) < 45
 
 
+def test_tumours_at_the_liver_surface_are_drawn_surface_weight_times_as_often(prepared):
+    """Blocks around a surface lesion (touching background) against one inside the liver, by weight."""
+    label = np.zeros((16, 32, 32), np.uint8)
+    label[2:14, 4:28, 4:28] = 1
+    label[6:9, 12:15, 12:15] = 2  # inside: liver all around
+    label[6:9, 4:7, 20:23] = 2  # at the surface: background beside row 4
+    lesion_free = replace(prepared[0], label=np.where(prepared[0].label == 2, 1, prepared[0].label))
+    image = np.zeros(label.shape, np.float32)
+    image[6:9, 4:7, 20:23] = 1.0  # marks the surface lesion in the sampled blocks
+    case = replace(prepared[0], image=image, label=label)
+    plain = Augmentation(enabled=False)
+
+    def surface_share(weight: float) -> float:
+        samples = CurriculumSamples(
+            [lesion_free, case],
+            "patch",
+            (8, 8, 8),
+            (4, 4, 4),
+            400,
+            0,
+            1,
+            positive_fraction=1.0,
+            augmentation=plain,
+            surface_weight=weight,
+        )
+        assert samples.positive_cases == [1]
+        blocks = [samples[i] for i in range(400)]
+        assert all(target.sum() == 27 for _, target in blocks)  # one whole lesion per 8-voxel block
+        return float(np.mean([bool((image == 1.0).any()) for image, _ in blocks]))
+
+    uniform, weighted = surface_share(1.0), surface_share(4.0)
+    assert 0.4 < uniform < 0.6
+    assert 0.72 < weighted < 0.88  # 4 / (4 + 1) = 0.8
+    with pytest.raises(DatasetError, match="surface_weight"):
+        CurriculumSamples([case], "patch", (8, 8, 8), (4, 4, 4), 4, 0, 1, surface_weight=0.0)
+
+
 def test_samples_depend_on_seed_stage_epoch_index_only(prepared):
     def batches(workers, epoch):
         samples = CurriculumSamples(prepared, "whole", (16, 32, 32), (3, 6, 6), 6, seed=1, stage=0)

@@ -30,6 +30,9 @@ Variants:
   holds, which removes that reward;
 * ``continue-poly-tumour-half``: the same from 2.5e-4 with half the blocks around a tumour (for the large
   lesions a continued model still misses);
+* ``continue-poly-surface``: ``continue-poly`` with tumours at the liver's surface drawn four times as often
+  as those inside it (``surface_weight``; with a fifth of the lesions subcapsular, about half the blocks
+  around a tumour then show one at the surface), for the subcapsular cysts the demo model misses;
 * ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
   of the weights (``weight_average`` 0.999) instead of the weights of the last step.
 
@@ -77,6 +80,7 @@ VARIANTS = {
     "continue-poly": CONTINUE_POLY,
     "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
     "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},
+    "continue-poly-surface": {**CONTINUE_POLY, "surface_weight": 4.0},
     "continue-poly-tumour-half": {
         "schema": "naive",
         "loss": "weighted-dice",

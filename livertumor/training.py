@@ -96,6 +96,10 @@ class TrainConfig:
     region_fraction: float = 0.5
     #: Share of whole-volume blocks drawn around a tumour (0: the paper's sub-images only).
     tumour_fraction: float = 0.0
+    #: How much more often a block is drawn around a tumour at the liver's surface than around one inside
+    #: it (1: uniformly; see data.CurriculumSamples). Subcapsular cysts were the visible lesions the demo
+    #: model missed most (docs/results/demo-model.md).
+    surface_weight: float = 1.0
     loss_eps: float = 1.0
     #: ``weighted-dice`` (the paper's eq. 1-2), ``dice-ce`` (plus cross-entropy) or ``present-dice`` (eq. 1-2
     #: over the classes a block holds), see losses.LOSSES.
@@ -340,6 +344,7 @@ class Trainer:
             config.augmentation,
             config.region_fraction,
             config.tumour_fraction,
+            config.surface_weight,
         )
         shard = Subset(dataset, range(self.distributed.rank, len(dataset), self.distributed.world))
         loader = DataLoader(
