@@ -101,6 +101,7 @@ def main() -> None:
         f"selection {args.selection_seed}+": segmented(args.model, args.selection_seed, args.selection_cases),
         f"test {args.test_seed}+": segmented(args.model, args.test_seed, args.test_cases),
     }
+    sets = {name: cases for name, cases in sets.items() if cases}  # --selection-cases 0: the test set only
     test = sets[f"test {args.test_seed}+"]
     rows = [
         row
