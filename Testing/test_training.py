@@ -87,7 +87,7 @@ def test_positive_patches_hold_tumour_and_negative_ones_none(prepared):
 
 
 def test_tumours_at_the_liver_surface_are_drawn_surface_weight_times_as_often(prepared):
-    """Blocks around a surface lesion (touching background) against one inside the liver, by weight."""
+    """Blocks around a surface lesion (a quarter of its shell background) against one inside the liver."""
     label = np.zeros((16, 32, 32), np.uint8)
     label[2:14, 4:28, 4:28] = 1
     label[6:9, 12:15, 12:15] = 2  # inside: liver all around
