@@ -3,7 +3,7 @@
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
         [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
         [--whole-batch 2] [--loader-workers 4] [--spacing 2.0] [--phantom-workers 16] [--lower-right-lobe]
-        [--perihepatic-fat] [--hilar-fat]
+        [--perihepatic-fat] [--hilar-fat] [--surface-lesions]
         [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
@@ -42,8 +42,8 @@ validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_r
 continued on a finer grid, to measure what its resolution costs small lesions. ``--device``, ``--whole-batch``
 and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every variant: a GPU takes bigger batches
 at nearly the same step time, and needs more processes sampling blocks to keep it fed. ``--lower-right-lobe``,
-``--perihepatic-fat`` and ``--hilar-fat`` give the training phantoms those anatomy options (``make_phantom``);
-the validation phantoms stay the default anatomy, so curves compare across runs.
+``--perihepatic-fat``, ``--hilar-fat`` and ``--surface-lesions`` give the training phantoms those options
+(``make_phantom``); the validation phantoms stay the default, so curves compare across runs.
 """
 
 from __future__ import annotations

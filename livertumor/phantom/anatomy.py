@@ -35,7 +35,13 @@ from scipy import ndimage
 from ..volume import Volume
 from .canvas import Canvas, centred_grid, gaussian_noise_gain, smooth_field
 from .lesion_kinds import draw_kinds
-from .placement import LesionCanvas, LesionInfo, place_lesions
+from .placement import (
+    PLACEMENT_PROBABILITIES,
+    SURFACE_PLACEMENT_PROBABILITIES,
+    LesionCanvas,
+    LesionInfo,
+    place_lesions,
+)
 from .tissues import (
     MAX_NOISE_GAIN,
     PHASE_PROBABILITIES,
@@ -50,14 +56,17 @@ ORGAN_MAP_TISSUES = tuple(tissue_table("native"))
 
 DEFAULT_SHAPE = (128, 256, 256)
 DEFAULT_SPACING_ZYX = (2.0, 1.5, 1.5)
-#: :func:`make_phantom`'s anatomy options, each off by default so that a seed keeps giving the phantom it
-#: always gave: what each adds. The ``phantom`` command's flags and ``benchmarks/recipe.py``'s come from it.
+#: :func:`make_phantom`'s anatomy and lesion-placement options, each off by default so that a seed keeps giving
+#: the phantom it always gave: what each adds. The ``phantom`` command's flags and ``benchmarks/recipe.py``'s
+#: come from it.
 ANATOMY_OPTIONS = {
     "lower_right_lobe": "give the liver's right lobe a lower tongue along the lateral wall beside the kidney, as on "
     "real scans",
     "perihepatic_fat": "keep the bowel loops 2-8 mm off the liver with visceral fat, as on real scans",
     "hilar_fat": "a fat sheath around the portal vein where it enters the liver (porta hepatis), outside the liver "
     "label as on real organ maps",
+    "surface_lesions": "draw half of the lesions at the liver's edge (a fifth otherwise): training sets that show "
+    "more subcapsular lesions",
 }
 
 
@@ -129,6 +138,7 @@ def make_phantom(
     lower_right_lobe: bool = False,
     perihepatic_fat: bool = False,
     hilar_fat: bool = False,
+    surface_lesions: bool = False,
 ) -> Phantom:
     """Generate one phantom case.
 
@@ -144,8 +154,9 @@ def make_phantom(
     2-8 mm off the liver with visceral fat, as on the real scan, where 43 % of the tissue within 3 mm of
     the liver is fat against 10-18 % in phantoms without it (docs/results/phantom.md). ``hilar_fat`` puts a
     fat sheath around the portal vein where it enters the liver (the porta hepatis), left out of the liver
-    label as on the real scan's organ map. All are off by default, so every seed still gives the phantom it
-    gave before.
+    label as on the real scan's organ map. ``surface_lesions`` places half of the lesions at the liver's edge
+    (:data:`.placement.SURFACE_PLACEMENT_PROBABILITIES`), for training sets. All are off by default, so every
+    seed still gives the phantom it gave before.
     """
     rng = np.random.default_rng(seed)
     if phase is None:
@@ -186,6 +197,7 @@ def make_phantom(
         liver_hu=table["liver"][0],
         blood_hu=table["blood"][0],
         diameters_mm=diameters_mm,
+        placement_probabilities=SURFACE_PLACEMENT_PROBABILITIES if surface_lesions else PLACEMENT_PROBABILITIES,
     )
     del texture, detail, vessels
 

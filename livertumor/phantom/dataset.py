@@ -84,19 +84,25 @@ def write_phantom_dataset(
     lower_right_lobe: bool = False,
     perihepatic_fat: bool = False,
     hilar_fat: bool = False,
+    surface_lesions: bool = False,
 ) -> Path:
     """Write ``cases`` phantoms in LiTS layout (``volume-N``, ``segmentation-N``, plus ``classes-N`` with
     the lesion kinds) and ``manifest.json`` under ``out``. Every 5th case has no lesion; ``phases``
     limits the contrast phases drawn (None: all). ``kinds`` gives case N lesions of one kind only,
     ``kinds[N % len(kinds)]`` (1-3, metastases 1-6): balanced classes for lesion classification.
-    ``lower_right_lobe``, ``perihepatic_fat``, ``hilar_fat``: see :func:`make_phantom`.
+    ``lower_right_lobe``, ``perihepatic_fat``, ``hilar_fat``, ``surface_lesions``: see :func:`make_phantom`.
 
     Returns the manifest's path. ``progress(done, total)`` is called after each case. ``workers`` > 1
     writes cases in that many processes; each case depends only on its seed, so the files are the same.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    anatomy = {"lower_right_lobe": lower_right_lobe, "perihepatic_fat": perihepatic_fat, "hilar_fat": hilar_fat}
+    anatomy = {
+        "lower_right_lobe": lower_right_lobe,
+        "perihepatic_fat": perihepatic_fat,
+        "hilar_fat": hilar_fat,
+        "surface_lesions": surface_lesions,
+    }
     manifest = manifest_header(
         "livertumor.phantom",
         seed,

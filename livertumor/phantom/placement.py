@@ -15,6 +15,8 @@ from .lesion_kinds import BOUNDARY_JITTER, LESION_CLASSES, SIZE_RANGES_MM, draw_
 #: Where a lesion's centre is drawn: anywhere in the liver, beside a vessel, at the liver's edge.
 PLACEMENTS = ("parenchyma", "near-vessel", "subcapsular")
 PLACEMENT_PROBABILITIES = (0.55, 0.25, 0.2)
+#: The same with half the lesions at the liver's edge: training sets that show more subcapsular lesions.
+SURFACE_PLACEMENT_PROBABILITIES = (0.3, 0.2, 0.5)
 #: Share of a lesion's ellipsoid that must lie in the liver (subcapsular lesions are cut by the capsule).
 MIN_INSIDE = {"parenchyma": 0.85, "near-vessel": 0.8, "subcapsular": 0.55}
 #: Lesions never exceed this share of the liver's smallest extent.
@@ -61,10 +63,12 @@ def place_lesions(
     liver_hu: float,
     blood_hu: float,
     diameters_mm: Sequence[float] | None = None,
+    placement_probabilities: Sequence[float] = PLACEMENT_PROBABILITIES,
 ) -> tuple[LesionInfo, ...]:
     """Draw one lesion per entry of ``kinds`` inside the liver without overlap, paint it, describe it.
     ``diameters_mm`` fixes the sizes (cycling); None draws them. No lesion exceeds
-    :data:`MAX_LESION_SHARE` of the liver's smallest extent.
+    :data:`MAX_LESION_SHARE` of the liver's smallest extent. ``placement_probabilities`` weighs
+    :data:`PLACEMENTS`.
 
     A lesion with no room left in the liver after 60 tries is skipped (the manifest lists what was
     drawn).
@@ -85,7 +89,7 @@ def place_lesions(
     for position, kind in enumerate(kinds):
         number = len(infos) + 1
         for _attempt in range(60):
-            placement = PLACEMENTS[rng.choice(len(PLACEMENTS), p=PLACEMENT_PROBABILITIES)]
+            placement = PLACEMENTS[rng.choice(len(PLACEMENTS), p=placement_probabilities)]
             pool = pools[placement] if pools[placement].size else pools["parenchyma"]
             drawn = draw_diameter(rng) if not diameters_mm else diameters_mm[position % len(diameters_mm)]
             diameter = min(drawn, max_diameter_mm)
