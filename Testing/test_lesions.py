@@ -159,17 +159,23 @@ def test_each_framework_trains_and_evaluates(framework, slices):
 
 def test_joint_training_fits_and_finds_lesions_in_other_patients(slices):
     """Trained on two thirds of the patients it fits their lesion kinds, and it finds lesions in the other
-    patients. (How well it classifies them is measured in benchmarks/lesions.py, on more data.)"""
+    patients. (How well it classifies them is measured in benchmarks/lesions.py, on more data.)
+
+    The held-out recall of one initialisation depends on the cores' arithmetic: on AMD EPYC cores with
+    AVX-512 the three initialisations here gave 0.50, 0.64 and 0.74 (0.46-0.72 after 90 epochs), so their
+    mean is what is held to the bar."""
     held_out = patient_folds(slices.patients, 3, seed=0)[0]
     train = np.setdiff1d(np.arange(len(slices)), held_out)
     config = LesionTrainConfig(framework="joint", encoder=SMALL_ENCODER, slices=SLICES, epochs=60, device="cpu")
-    torch.manual_seed(0)  # the weights' initialisation, independent of the tests run before
-    network = build_network("joint", SMALL_ENCODER, 3)
-    fit(network, slices.subset(train), config)
-    fitted = evaluate(network, "joint", slices.subset(train))
-    assert fitted["slice_accuracy"] >= 0.8 and fitted["dice"] > 0.2, fitted
-    result = evaluate(network, "joint", slices.subset(held_out))
-    assert result["recall"] > 0.5, result
+    recalls = []
+    for initialisation in range(3):
+        torch.manual_seed(initialisation)  # the weights' initialisation, independent of the tests run before
+        network = build_network("joint", SMALL_ENCODER, 3)
+        fit(network, slices.subset(train), config)
+        fitted = evaluate(network, "joint", slices.subset(train))
+        assert fitted["slice_accuracy"] >= 0.8 and fitted["dice"] > 0.2, fitted
+        recalls.append(evaluate(network, "joint", slices.subset(held_out))["recall"])
+    assert np.mean(recalls) > 0.5, recalls
 
 
 def test_imagenet_style_file_initialises_the_encoder(tmp_path):

@@ -419,9 +419,10 @@ def test_work_folder_of_another_run_is_refused_and_restart_discards_it(tiny_data
 
 def test_a_tiny_network_fits_a_tiny_phantom(tiny_data, tmp_path):
     """The recipe's smoke test: the paper's loss and Adam must fit one small phantom (liver and an
-    83-voxel tumour at 5 mm) within 400 steps, ~20 s. A broken loss, sampler, schedule or network shows
-    here as a Dice that stays at 0 (measured: 0.64 at the best epoch, 0.0 while the first 160 steps
-    find the liver)."""
+    83-voxel tumour at 5 mm) within 600 steps, ~30 s. A broken loss, sampler, schedule or network shows
+    here as a Dice that stays at 0 (measured: 0.64 at the best epoch of the first 400 steps on Intel and
+    AVX2 AMD cores; on AMD cores with AVX-512 only 0.39 there, and 0.69-0.84 over seeds 0-3 within 600
+    steps; 0.0 while the first 160 steps find the liver)."""
     from livertumor.datasets import find_cases
     from livertumor.io import read_label
 
@@ -430,7 +431,7 @@ def test_a_tiny_network_fits_a_tiny_phantom(tiny_data, tmp_path):
     settings = json.loads(json.dumps(TINY_SETTINGS))
     settings.update(
         schema="naive",
-        stage_epochs=[10],
+        stage_epochs=[15],
         iterations_per_epoch=40,
         learning_rate=3e-3,
         tumour_fraction=0.5,
