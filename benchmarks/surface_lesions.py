@@ -24,6 +24,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from lesion_misses import LABEL_NAMES  # the benchmarks folder is the script's path
 from scipy import ndimage
 
 from livertumor.inference import segment
@@ -32,7 +33,6 @@ from livertumor.phantom.anatomy import ORGAN_MAP_TISSUES
 from livertumor.plotting import pyplot, save_figure
 from livertumor.volume import Volume
 
-LABEL_NAMES = ("background", "liver", "tumour")
 GUT = [ORGAN_MAP_TISSUES.index(name) for name in ("bowel", "gastric_fluid", "bowel_gas")]
 FAT_PLANE_MM = 8.0
 #: The liver "around" a lesion: within this distance of it.
@@ -115,8 +115,8 @@ def main() -> None:
             inside = ids == lesion.id
             if not inside.any():
                 continue
-            near = ndimage.distance_transform_edt(~inside, sampling=spacing) <= FAT_PLANE_MM
-            plane = near & np.isin(organs, GUT) & ~liver
+            from_lesion = ndimage.distance_transform_edt(~inside, sampling=spacing)
+            plane = (from_lesion <= FAT_PLANE_MM) & np.isin(organs, GUT) & ~liver
             fat = hu.copy()
             fat[plane] = -100.0 + 12.0 * rng.standard_normal(int(plane.sum()))
             shifted = []
@@ -125,7 +125,7 @@ def main() -> None:
                 moved[inside] += liver_hu + offset - float(hu[inside].mean())
                 shifted.append(phantom.ct.with_array(moved.astype(phantom.ct.array.dtype)))
             distance = f"{to_gallbladder[inside].min():.0f}" if to_gallbladder is not None else "none"
-            ring = (ndimage.distance_transform_edt(~inside, sampling=spacing) <= RING_MM) & (phantom.label.array == 1)
+            ring = (from_lesion <= RING_MM) & (phantom.label.array == 1)
             z, y, x = (round(v) for v in lesion.centre_index_zyx)
             half_y, half_x = (round(FIGURE_HALF_MM / d) for d in spacing[1:])
             crop = (z, slice(max(y - half_y, 0), y + half_y), slice(max(x - half_x, 0), x + half_x))
