@@ -102,3 +102,30 @@ def test_backend_choice_and_its_errors(monkeypatch):
     with pytest.raises(LiverTumorError, match=r"not installed: pip install 'livertumor\[onnxruntime\]'"):
         resolve_backend("onnxruntime", cpu)
     assert resolve_backend("auto", cpu) == "torch"
+
+
+@pytest.mark.skipif(not backends.installed("openvino"), reason="openvino is not installed")
+def test_bf16_runs_in_bf16_where_the_cpu_has_it_and_is_refused_where_not(tiny_model, tiny_data, tmp_path):
+    loaded = load_model(tiny_model)
+    network, sha = loaded.networks["tumour"], loaded.card.weights["tumour"]["sha256"]
+    with pytest.raises(LiverTumorError, match="onnxruntime backend runs fp32 only"):
+        GraphForward(network, "onnxruntime", sha, tmp_path, precision="bf16")
+    if not backends.native_bf16():
+        with pytest.raises(LiverTumorError, match="no native bf16"):
+            GraphForward(network, "openvino", sha, tmp_path, precision="bf16")
+        return
+    batch = torch.rand(2, 1, 16, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 0.5
+    fp32, bf16 = (
+        GraphForward(network, "openvino", sha, tmp_path, report=lambda m: None, precision=p)(batch)
+        for p in ("fp32", "bf16")
+    )
+    error = float((bf16 - fp32).abs().max() / fp32.abs().max())
+    assert 1e-4 < error < 0.05  # bf16's 8-bit mantissa: visibly not fp32, and close to it
+    ct = read_ct(tiny_data / "volume-1.nii")
+    options = {"model": tiny_model, "backend": "openvino", "device": "cpu", "probabilities": True}
+    fp32_result, bf16_result = (segment(ct, precision=p, **options) for p in ("fp32", "bf16"))
+    assert bf16_result.labels.grid == ct.grid
+    assert np.mean(bf16_result.labels.array == fp32_result.labels.array) > 0.99
+    # segment passes its precision to the graph: the probabilities move, a little
+    moved = np.abs(bf16_result.tumour_probability.array - fp32_result.tumour_probability.array).max()
+    assert 1e-5 < moved < 0.1

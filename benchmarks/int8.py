@@ -1,7 +1,8 @@
-"""Post-training int8 quantisation of a model's OpenVINO graph, checked against fp32 (issue 16, item 2):
+"""Post-training int8 quantisation of a model's OpenVINO graph, or OpenVINO's bf16, checked against fp32
+(issue 16, item 2):
 
     python benchmarks/int8.py [--model demo-curriculum] [--calibration 10] [--cases 10] [--seed 900] [--mixed]
-        [--accuracy-control 8]
+        [--accuracy-control 8] [--bf16]
 
 Calibration: every non-overlapping window of ``--calibration`` phantoms (seeds 700+, unseen by training
 and by the check), preprocessed as ``segment`` does. NNCF's default post-training quantisation
@@ -14,6 +15,9 @@ the sliding window's time. The gate of the issue: Dice ≥ 0.99 and identical de
 graph on N more phantoms (seeds 800+, unseen by training, calibration and the check) and puts back into
 fp32 the layers whose quantisation moves the tumour most, until the lowest tumour Dice against fp32 on
 those phantoms is within 0.01 of 1 (the gate's own threshold, on other phantoms).
+
+``--bf16`` checks OpenVINO's bf16 (``segment --precision bf16``, CPUs with native bf16 only) by the same
+gate instead: no calibration, the fp32 graph run at bf16.
 """
 
 from __future__ import annotations
@@ -83,10 +87,6 @@ def quantise_with_accuracy_control(nncf, graph, windows: list, cases: int, card,
 
 
 def main() -> None:
-    import nncf
-    import openvino
-    import torch
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo-curriculum")
     parser.add_argument("--calibration", type=int, default=10)
@@ -101,11 +101,69 @@ def main() -> None:
         metavar="N",
         help="keep in fp32 what moves the tumour on N phantoms (seeds 800+) by more than Dice 0.01",
     )
+    parser.add_argument("--bf16", action="store_true", help="check OpenVINO's bf16 instead of quantising")
     args = parser.parse_args()
     loaded = load_model(args.model)
     card, network = loaded.card, loaded.networks["tumour"]
     block, divisor = tuple(card.preprocess.block), card.architecture.divisor
     fp32 = GraphForward(network, "openvino", card.weights["tumour"]["sha256"])
+    if args.bf16:
+        name = "bf16"
+        candidate = GraphForward(network, "openvino", card.weights["tumour"]["sha256"], precision="bf16")
+    else:
+        name = "int8"
+        candidate = quantise(args, network, card, fp32)
+    rows, seconds = [], {"fp32": 0.0, name: 0.0}
+    for phantom in unseen_phantoms(args.seed, args.cases):
+        image = prepare_ct(phantom.ct, card.preprocess)
+        result = {}
+        for precision, forward in (("fp32", fp32), (name, candidate)):
+            started = time.perf_counter()
+            result[precision] = labels_of(forward, image.array, block, divisor, card.tumour_in_liver)
+            seconds[precision] += time.perf_counter() - started
+        # detections against the truth, on the network's grid (labels resampled there by nearest neighbour)
+        truth_here = resample_label(phantom.label, image.grid, keep_components=False).array == 2
+        found = {
+            precision: [
+                m.matched is not None for m in lesion_detection(labels == 2, truth_here, image.grid.spacing_zyx).truth
+            ]
+            for precision, labels in result.items()
+        }
+        rows.append(
+            (
+                dice(result[name] == 2, result["fp32"] == 2),
+                dice(result[name] >= 1, result["fp32"] >= 1),
+                found[name] == found["fp32"],
+                int((result["fp32"] == 2).sum()),
+                int((result[name] == 2).sum()),
+                int(((result["fp32"] == 2) & (result[name] == 2)).sum()),
+            )
+        )
+    tumour = [r[0] for r in rows]
+    worst = rows[int(np.argmin(tumour))]
+    print("\n| check | value |\n|---|---|")
+    print(
+        f"| tumour Dice {name} vs fp32, min / mean ({len(rows)} phantoms) | {min(tumour):.4f} / {np.mean(tumour):.4f} |"
+    )
+    print(f"| worst phantom's tumour voxels, fp32 / {name} | {worst[3]} / {worst[4]} |")
+    print(f"| phantoms at tumour Dice ≥ {GATE_DICE} | {sum(d >= GATE_DICE for d in tumour)} of {len(rows)} |")
+    fp32_voxels, candidate_voxels = sum(r[3] for r in rows), sum(r[4] for r in rows)
+    pooled = 2 * sum(r[5] for r in rows) / max(fp32_voxels + candidate_voxels, 1)
+    print(f"| tumour voxels in all, fp32 / {name}; their Dice | {fp32_voxels} / {candidate_voxels}; {pooled:.4f} |")
+    print(f"| liver Dice {name} vs fp32, min | {min(r[1] for r in rows):.4f} |")
+    print(f"| lesion detections identical | {sum(r[2] for r in rows)} of {len(rows)} phantoms |")
+    print(f"| sliding window, fp32 / {name} s (all phantoms) | {seconds['fp32']:.1f} / {seconds[name]:.1f} |")
+    passed = min(tumour) >= GATE_DICE and all(r[2] for r in rows)
+    print(f"| gate (Dice ≥ {GATE_DICE}, detections identical) | {'passed' if passed else 'failed'} |")
+
+
+def quantise(args: argparse.Namespace, network, card, fp32: GraphForward):
+    """The int8 graph of ``network`` (NNCF), calibrated on ``args.calibration`` phantoms; a forward."""
+    import nncf
+    import openvino
+    import torch
+
+    block = tuple(card.preprocess.block)
     windows = []
     for phantom in unseen_phantoms(700, args.calibration):
         image = prepare_ct(phantom.ct, card.preprocess).array
@@ -129,39 +187,7 @@ def main() -> None:
     def int8(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(compiled(batch.numpy())[0])
 
-    rows, seconds = [], {"fp32": 0.0, "int8": 0.0}
-    for phantom in unseen_phantoms(args.seed, args.cases):
-        image = prepare_ct(phantom.ct, card.preprocess)
-        result = {}
-        for name, forward in (("fp32", fp32), ("int8", int8)):
-            started = time.perf_counter()
-            result[name] = labels_of(forward, image.array, block, divisor, card.tumour_in_liver)
-            seconds[name] += time.perf_counter() - started
-        # detections against the truth, on the network's grid (labels resampled there by nearest neighbour)
-        truth_here = resample_label(phantom.label, image.grid, keep_components=False).array == 2
-        found = {
-            name: [
-                m.matched is not None for m in lesion_detection(labels == 2, truth_here, image.grid.spacing_zyx).truth
-            ]
-            for name, labels in result.items()
-        }
-        rows.append(
-            (
-                dice(result["int8"] == 2, result["fp32"] == 2),
-                dice(result["int8"] >= 1, result["fp32"] >= 1),
-                found["int8"] == found["fp32"],
-            )
-        )
-    tumour = [r[0] for r in rows]
-    print("\n| check | value |\n|---|---|")
-    print(
-        f"| tumour Dice int8 vs fp32, min / mean ({len(rows)} phantoms) | {min(tumour):.4f} / {np.mean(tumour):.4f} |"
-    )
-    print(f"| liver Dice int8 vs fp32, min | {min(r[1] for r in rows):.4f} |")
-    print(f"| lesion detections identical | {sum(r[2] for r in rows)} of {len(rows)} phantoms |")
-    print(f"| sliding window, fp32 / int8 s (all phantoms) | {seconds['fp32']:.1f} / {seconds['int8']:.1f} |")
-    passed = min(tumour) >= GATE_DICE and all(r[2] for r in rows)
-    print(f"| gate (Dice ≥ {GATE_DICE}, detections identical) | {'passed' if passed else 'failed'} |")
+    return int8
 
 
 if __name__ == "__main__":

@@ -927,7 +927,11 @@ def build_parser() -> argparse.ArgumentParser:
         "voxels computed (default 0; faster, at a measured cost in Dice: docs/results/inference.md)",
     )
     segment.add_argument(
-        "--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 autocast on GPU, fp32 on CPU"
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on GPU, fp32 on CPU; bf16 on the CPU with OpenVINO needs native bf16 (AVX512_BF16 "
+        "or AMX), where it is about twice as fast (its check against fp32: docs/results/inference.md)",
     )
     _add_backend_option(segment, "the network")
     segment.add_argument(

@@ -59,14 +59,19 @@ def gaussian_importance(size: tuple[int, ...], sigma_fraction: float = 0.125) ->
     return np.maximum(weights, 1e-3).astype(np.float32)
 
 
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def resolve_precision(device: torch.device, precision: str) -> str:
     """``precision``: ``fp32``, ``bf16`` or ``auto`` (bf16 on GPU, fp32 on CPU)."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """PyTorch's autocast for ``precision`` (:func:`resolve_precision`); none for fp32."""
+    if resolve_precision(device, precision) == "fp32":
+        return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
@@ -201,7 +206,9 @@ def segment(
 
     ``backend`` (:mod:`livertumor.backends`): ``torch`` (default here), ``openvino``, ``onnxruntime`` or
     ``auto`` (OpenVINO on the CPU where installed, else PyTorch; the ``livertumor`` command's default);
-    the compiled ones give the same labels up to float rounding. In-process calls default to PyTorch:
+    the compiled ones give the same labels up to float rounding. ``precision``: ``fp32``, ``bf16`` or
+    ``auto`` (bf16 on a GPU, fp32 on the CPU); OpenVINO runs bf16 only on CPUs with native bf16 (about
+    twice as fast there, checked against fp32 in docs/results/inference.md). In-process calls default to PyTorch:
     a compiled runtime's thread pools then live in the caller's process (Slicer, a notebook that also
     trains), where the test suite saw a later training crash; the command runs in its own process.
     ``window``: the sliding window (z, y, x voxels of the model's grid; multiples of the network's
@@ -225,6 +232,7 @@ def segment(
 
     torch_device = resolve_device(device)
     backend = resolve_backend(backend, torch_device)
+    precision = resolve_precision(torch_device, precision)
     loaded = load_model(model, torch_device)
     config = loaded.card.preprocess
     divisor = loaded.card.architecture.divisor
@@ -254,6 +262,7 @@ def segment(
             torch_device,
             loaded.card.weights[role]["sha256"],
             lambda message, index=index: report(0.05 + 0.85 * index / len(stages), message),
+            precision,
         )
         result = sliding_window(
             forward,
@@ -263,7 +272,7 @@ def segment(
             overlap,
             batch_size,
             torch_device,
-            precision,
+            precision if backend == "torch" else "fp32",  # a compiled graph holds its precision itself
             stage_progress,
             stretch,
         )
