@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from livertumor.losses import present_dice_loss, weighted_dice_loss
+from livertumor.losses import dice_ce_loss, present_dice_loss, weighted_dice_loss
 from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig
 
 
@@ -193,3 +193,18 @@ def test_batch_one_convolution_gradients_equal_pytorchs(in_channels, out_channel
     reference = [x_ref.grad, weight.grad] + ([bias_ref.grad] if bias else [])
     for mine, theirs in zip(ours, reference):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-4 * float(theirs.abs().max()))
+
+
+def test_soft_targets_equal_to_the_labels_give_the_labels_loss_and_shares_move_it():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 4, 6, 6, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 4, 6, 6), generator=generator)
+    shares = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).float()
+    for loss in (weighted_dice_loss, dice_ce_loss):
+        torch.testing.assert_close(loss(logits, shares), loss(logits, labels))
+    # a voxel that is 40 % liver: the loss follows the share, not a rounded label
+    softened = shares.clone()
+    softened[:, :, 0, 0, 0] = torch.tensor([0.6, 0.4, 0.0])
+    assert not torch.allclose(weighted_dice_loss(logits, softened), weighted_dice_loss(logits, labels))
+    weighted_dice_loss(logits, softened).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -156,6 +157,76 @@ def test_augmentation_keeps_shape_and_labels():
     assert set(np.unique(out_target)) <= {0, 1} and out_target.sum() > 0.5 * target.sum()
     same_image, same_target = Augmentation(enabled=False).apply(image, target, rng)
     assert same_image is image and same_target is target
+
+
+def test_soft_labels_are_each_class_share_of_the_coarser_voxel(tiny_data):
+    """On a grid coarser than the case's, a voxel the liver's outline cuts is part liver; the shares keep
+    the liver's volume, which labels rounded to the coarse grid do not."""
+    from livertumor.io import read_label
+
+    config = PreprocessConfig.from_dict({**TINY_SETTINGS["preprocess"], "spacing": [7.5, 7.5, 7.5]})
+    case = find_cases(tiny_data)[0]
+    soft = prepare_case(case, config, shares=True)
+    shares = soft.shares.astype(np.float32)
+    assert shares.shape == (3, *soft.label.shape) and shares.min() >= 0.0
+    np.testing.assert_allclose(shares.sum(0), 1.0, atol=2e-3)
+    liver = shares[1] + shares[2]
+    assert ((liver > 0.1) & (liver < 0.9)).sum() > 0.05 * (liver > 0.5).sum()  # outlines between centres
+    assert np.mean(shares.argmax(0) == soft.label) > 0.9
+    truth = read_label(case.label).array >= 1  # the whole liver lies inside the effective range
+    true_ml = truth.sum() * 5.0**3 / 1000
+    assert abs(liver.sum() * 7.5**3 / 1000 - true_ml) < 0.03 * true_ml
+    tumour_task = soft.soft_target("tumour").astype(np.float32)
+    assert tumour_task.shape == (2, *soft.label.shape)
+    np.testing.assert_allclose(tumour_task.sum(0), 1.0, atol=2e-3)
+    with pytest.raises(DatasetError, match="without label shares"):
+        prepare_case(case, config).soft_target("joint")
+
+
+def test_augmentation_moves_soft_targets_linearly_and_they_still_sum_to_one():
+    rng = np.random.default_rng(1)
+    image = rng.random((8, 16, 16)).astype(np.float32)
+    liver = np.zeros((8, 16, 16), np.float32)
+    liver[2:6, 4:12, 4:12] = 1.0
+    liver[2:6, 4:12, 12] = 0.4  # an outline between voxel centres
+    target = np.stack([1.0 - liver, liver, np.zeros_like(liver)])
+    out_image, out_target = Augmentation(rotate_degrees=20.0, flip_axes=(0,)).apply(image, target, rng)
+    assert out_image.shape == image.shape and out_target.shape == target.shape
+    np.testing.assert_allclose(out_target.sum(0), 1.0, atol=1e-5)
+    assert abs(out_target[1].sum() - liver.sum()) < 0.25 * liver.sum()
+    assert ((out_target[1] > 0.05) & (out_target[1] < 0.95)).any()
+
+
+def test_a_run_on_soft_labels_trains_on_shares_and_saves_a_model(tiny_data, tmp_path):
+    from livertumor.training import split_cases
+
+    settings = json.loads(json.dumps(TINY_SETTINGS))
+    settings["architecture"]["classes"] = 3
+    settings["preprocess"]["spacing"] = [7.5, 7.5, 7.5]
+    settings["soft_labels"] = True
+    train, validation = split_cases(find_cases(tiny_data), 0.4, 0)
+    config = TrainConfig.from_json(settings)
+    samples = CurriculumSamples(
+        [prepare_case(c, config.preprocess, shares=True) for c in train],
+        "whole",
+        (16, 32, 32),
+        (8, 16, 16),
+        4,
+        0,
+        1,
+        "joint",
+        soft=True,
+    )
+    _, target = samples[0]
+    assert target.dtype == torch.float32 and target.shape == (3, 16, 32, 32)
+    torch.testing.assert_close(target.sum(0), torch.ones(16, 32, 32), atol=2e-3, rtol=0)
+    result = train_model(train, validation, config, tmp_path / "soft", name="soft")
+    card = json.loads((tmp_path / "soft" / "card.json").read_text())
+    assert card["architecture"]["classes"] == 3
+    with (tmp_path / "soft.work" / "joint-log.csv").open(newline="") as handle:
+        losses = [float(row["loss"]) for row in csv.DictReader(handle)]
+    assert len(losses) == 3 and all(0.0 < loss < 3.0 for loss in losses)
+    assert "dc" in result.validation
 
 
 def test_schemas_and_learning_rate_decay():

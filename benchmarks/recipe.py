@@ -33,6 +33,8 @@ Variants:
 * ``continue-poly-surface``: ``continue-poly`` with tumours at the liver's surface drawn four times as often
   as those inside it (``surface_weight``; with a fifth of the lesions subcapsular, about half the blocks
   around a tumour then show one at the surface), for the subcapsular cysts the demo model misses;
+* ``continue-poly-soft``: ``continue-poly`` on soft targets (``soft_labels``: each class's share of each
+  voxel), for the liver outline that the demo model draws about one phantom voxel off;
 * ``continue-average``: ``continue-poly`` from 2.5e-4, validating and saving the exponential moving average
   of the weights (``weight_average`` 0.999) instead of the weights of the last step.
 
@@ -81,6 +83,7 @@ VARIANTS = {
     "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
     "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},
     "continue-poly-surface": {**CONTINUE_POLY, "surface_weight": 4.0},
+    "continue-poly-soft": {**CONTINUE_POLY, "soft_labels": True},
     "continue-poly-tumour-half": {
         "schema": "naive",
         "loss": "weighted-dice",

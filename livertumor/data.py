@@ -29,6 +29,7 @@ from .preprocess import (
     effective_range,
     extract_block,
     resample_label,
+    resample_to_grid,
     resample_to_spacing,
     sub_image_starts,
     window_hu,
@@ -56,12 +57,14 @@ def foreground_channel(task: Task) -> int:
 
 @dataclass(frozen=True)
 class PreparedCase:
-    """A training case on the network's grid: windowed image in [0, 1] and the 0/1/2 label map."""
+    """A training case on the network's grid: windowed image in [0, 1] and the 0/1/2 label map, and where
+    asked for, ``shares`` (3, D, H, W): each label's share of each voxel (see :func:`prepare_case`)."""
 
     name: str
     image: np.ndarray
     label: np.ndarray
     grid: Grid
+    shares: np.ndarray | None = None
 
     def target(self, task: Task) -> np.ndarray:
         """The class map a network learns (see :data:`Task`)."""
@@ -69,25 +72,49 @@ class PreparedCase:
             return self.label.astype(np.uint8)
         return (self.label == TUMOUR if task == "tumour" else self.label >= LIVER).astype(np.uint8)
 
+    def soft_target(self, task: Task) -> np.ndarray:
+        """The classes' shares of each voxel for ``task``, (C, D, H, W) summing to 1 per voxel (float16, as
+        stored: a few hundred training cases hold gigabytes of them)."""
+        if self.shares is None:
+            raise DatasetError(f"case {self.name} was prepared without label shares")
+        if task == "joint":
+            return self.shares
+        foreground = self.shares[TUMOUR] if task == "tumour" else self.shares[LIVER] + self.shares[TUMOUR]
+        return np.stack([1.0 - foreground, foreground])
+
     def scored(self, task: Task) -> np.ndarray:
         """The true mask of the structure the task is scored on."""
         return self.label == TUMOUR if task != "liver" else self.label >= LIVER
 
 
-def prepare_case(case: Case, config: PreprocessConfig) -> PreparedCase:
-    """Read a case and apply the training preprocessing (effective range included)."""
+def prepare_case(case: Case, config: PreprocessConfig, shares: bool = False) -> PreparedCase:
+    """Read a case and apply the training preprocessing (effective range included).
+
+    ``shares``: also each label's share of each voxel of the network's grid, its one-hot map on the case's
+    own (finer) grid interpolated linearly, so a voxel the liver's outline cuts is, say, 0.4 liver. Soft
+    targets let a network say where between voxel centres an outline runs (docs/results/demo-model.md)."""
     ct = read_ct(case.image)
-    label = read_label(case.label, reference=ct.grid)
+    fine = read_label(case.label, reference=ct.grid)
     if config.crop_body:
         start, stop = body_box(ct)
-        ct, label = ct.crop(start, stop), label.crop(start, stop)
+        ct, fine = ct.crop(start, stop), fine.crop(start, stop)
     ct = resample_to_spacing(ct, config.spacing, config.interpolation)
-    label = resample_label(label, ct.grid)
+    label = resample_label(fine, ct.grid)
     first, last = effective_range(label.array, config.range_margin)
     ct = ct.crop((first, 0, 0), (last, *ct.shape[1:]))
     label = label.crop((first, 0, 0), (last, *label.shape[1:]))
     image = window_hu(ct.array, config.window_width, config.window_center)
-    return PreparedCase(case.name, image, label.array.astype(np.uint8), ct.grid)
+    share_maps = None
+    if shares:
+        share_maps = np.stack(
+            [
+                resample_to_grid(fine.with_array(fine.array == value), ct.grid, "linear").array
+                for value in (0, LIVER, TUMOUR)
+            ]
+        )
+        share_maps[0] = 1.0 - share_maps[1:].sum(0)  # outside the case's grid: background
+        share_maps = np.clip(share_maps, 0.0, 1.0).astype(np.float16)
+    return PreparedCase(case.name, image, label.array.astype(np.uint8), ct.grid, share_maps)
 
 
 def require_tumour(cases: Sequence[PreparedCase], source: str = "the training data") -> None:
@@ -127,11 +154,14 @@ class Augmentation:
     flip_axes: tuple[int, ...] = ()
 
     def apply(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Augment one ``(D, H, W)`` sample; returns new arrays of the same shape."""
+        """Augment one ``(D, H, W)`` sample; returns new arrays of the same shape. ``target``: a class map
+        ``(D, H, W)`` (moved by nearest neighbour) or the classes' shares ``(C, D, H, W)`` (moved linearly,
+        channel 0 the background that fills in from outside)."""
         if not self.enabled:
             return image, target
         angle = math.radians(rng.uniform(-self.rotate_degrees, self.rotate_degrees))
         zoom = rng.uniform(*self.scale)
+        soft = target.ndim == image.ndim + 1
         if abs(angle) > 1e-6 or abs(zoom - 1.0) > 1e-6:
             # affine_grid works in (x, y, z) normalised coordinates; rotate in the x-y plane.
             cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
@@ -139,12 +169,16 @@ class Augmentation:
             shape = (1, 1, *image.shape)
             grid = torch.nn.functional.affine_grid(theta, shape, align_corners=False)
             image = _sample(image, grid, "bilinear")
-            target = _sample(target.astype(np.float32), grid, "nearest").astype(target.dtype)
+            if soft:
+                target = np.stack([_sample(channel, grid, "bilinear") for channel in target])
+                target[0] = 1.0 - target[1:].sum(0)
+            else:
+                target = _sample(target.astype(np.float32), grid, "nearest").astype(target.dtype)
         image = image * np.float32(1 + rng.uniform(-self.intensity_scale, self.intensity_scale))
         image = image + np.float32(rng.uniform(-self.intensity_shift, self.intensity_shift))
         for axis in self.flip_axes:
             if rng.random() < 0.5:
-                image, target = np.flip(image, axis), np.flip(target, axis)
+                image, target = np.flip(image, axis), np.flip(target, axis + soft)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
 
 
@@ -197,6 +231,7 @@ class CurriculumSamples(Dataset):
         region_fraction: float = 0.5,
         tumour_fraction: float = 0.0,
         surface_weight: float = 1.0,
+        soft: bool = False,
     ) -> None:
         self.cases, self.kind, self.size, self.stride = list(cases), kind, tuple(size), tuple(stride)
         self.length, self.seed, self.stage, self.task = int(length), int(seed), int(stage), task
@@ -204,6 +239,8 @@ class CurriculumSamples(Dataset):
         self.region_fraction, self.tumour_fraction = region_fraction, tumour_fraction
         self.epoch = 0
         self.targets = [case.target(task) for case in self.cases]
+        #: with ``soft``, samples' targets are the classes' shares of each voxel (PreparedCase.soft_target)
+        self.soft_targets = [case.soft_target(task) for case in self.cases] if soft else None
         self.all_starts = [sub_image_starts(case.image.shape, self.size, self.stride) for case in self.cases]
         self.region_starts = [self._region_starts(case, starts) for case, starts in zip(self.cases, self.all_starts)]
         if surface_weight <= 0:
@@ -257,9 +294,14 @@ class CurriculumSamples(Dataset):
         else:
             case, start = self._negative_start(rng)
         image = extract_block(self.cases[case].image, start, self.size, 0.0)
-        target = extract_block(self.targets[case], start, self.size, 0)
+        if self.soft_targets is not None:
+            shares = self.soft_targets[case]
+            target = np.stack([extract_block(c, start, self.size, float(i == 0)) for i, c in enumerate(shares)])
+        else:
+            target = extract_block(self.targets[case], start, self.size, 0)
         image, target = self.augmentation.apply(image, target, rng)
-        return torch.from_numpy(image)[None], torch.from_numpy(target.astype(np.int64))
+        dtype = np.float32 if self.soft_targets is not None else np.int64
+        return torch.from_numpy(image)[None], torch.from_numpy(target.astype(dtype))
 
     def _positive_start(self, rng: np.random.Generator) -> tuple[int, tuple[int, ...]]:
         case, box = self.tumours[int(rng.choice(len(self.tumours), p=self.tumour_weights))]

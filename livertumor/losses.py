@@ -31,14 +31,15 @@ from torch import nn
 def weighted_dice_loss(
     logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0, skip_absent: bool = False
 ) -> torch.Tensor:
-    """Equations (1)-(2) for ``logits`` ``(N, C, *spatial)`` and integer ``target`` ``(N, *spatial)``.
+    """Equations (1)-(2) for ``logits`` ``(N, C, *spatial)`` and ``target``: integer classes
+    ``(N, *spatial)``, or each class's share of each voxel ``(N, C, *spatial)`` (soft targets, which the
+    equations take as they are: ``g^c`` is then a share, not 0 or 1).
 
     Each volume of the batch gets its own weights (eq. 2 is per input volume); the batch mean is returned.
     ``skip_absent`` drops, per volume, the term of every class its truth does not contain (weight 0).
     """
-    classes = logits.shape[1]
     probabilities = torch.softmax(logits.float(), dim=1)
-    one_hot = torch.nn.functional.one_hot(target.long(), classes).movedim(-1, 1).to(probabilities.dtype)
+    one_hot = _class_shares(target, logits.shape[1]).to(probabilities.dtype)
     dims = tuple(range(2, logits.ndim))
     intersection = (probabilities * one_hot).sum(dims)
     predicted = probabilities.sum(dims)
@@ -51,6 +52,13 @@ def weighted_dice_loss(
     return (1.0 - (weights * dice).sum(dim=1)).mean()
 
 
+def _class_shares(target: torch.Tensor, classes: int) -> torch.Tensor:
+    """``target`` as (N, C, *spatial) shares: integer class maps one-hot encoded, shares as they are."""
+    if target.is_floating_point():
+        return target
+    return torch.nn.functional.one_hot(target.long(), classes).movedim(-1, 1)
+
+
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
     """The weighted Dice loss plus voxel-wise cross-entropy (equal weights, as nnU-Net's Dice + CE).
 
@@ -58,7 +66,8 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -
     for a voxel depends on every other voxel of the block: with batch-1 blocks it is noisy and slow to
     start. Cross-entropy adds a dense, per-voxel signal (measured in docs/results/recipe.md).
     """
-    return weighted_dice_loss(logits, target, eps) + torch.nn.functional.cross_entropy(logits.float(), target.long())
+    labels = target if target.is_floating_point() else target.long()  # cross_entropy takes shares too
+    return weighted_dice_loss(logits, target, eps) + torch.nn.functional.cross_entropy(logits.float(), labels)
 
 
 def present_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:

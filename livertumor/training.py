@@ -104,6 +104,10 @@ class TrainConfig:
     #: ``weighted-dice`` (the paper's eq. 1-2), ``dice-ce`` (plus cross-entropy) or ``present-dice`` (eq. 1-2
     #: over the classes a block holds), see losses.LOSSES.
     loss: str = "weighted-dice"
+    #: Train on each class's share of each voxel (soft targets from the label on the case's own finer grid,
+    #: data.prepare_case) instead of 0/1 labels: the network can then say where between its voxel centres
+    #: an outline runs. Off (the paper): the labels taken to the network's grid.
+    soft_labels: bool = False
     augmentation: Augmentation = field(default_factory=Augmentation)
     workers: int = 2
     seed: int = 0
@@ -345,6 +349,7 @@ class Trainer:
             config.region_fraction,
             config.tumour_fraction,
             config.surface_weight,
+            config.soft_labels,
         )
         shard = Subset(dataset, range(self.distributed.rank, len(dataset), self.distributed.world))
         loader = DataLoader(
@@ -561,7 +566,8 @@ def _liver_crop(case: PreparedCase, margin_mm: float) -> PreparedCase:
     """The case cropped to its true liver's box plus a margin: the cascade tumour network's input."""
     window = mask_box(case.label >= 1, case.grid.spacing_zyx, margin_mm)
     start, stop = tuple(w.start for w in window), tuple(w.stop for w in window)
-    return PreparedCase(case.name, case.image[window], case.label[window], case.grid.crop(start, stop))
+    shares = None if case.shares is None else case.shares[(slice(None), *window)]
+    return PreparedCase(case.name, case.image[window], case.label[window], case.grid.crop(start, stop), shares)
 
 
 #: Settings that may change between a run and its resumption (where it runs, not what it learns).
@@ -651,7 +657,7 @@ def train_model(
         claim_work_dir(work, run_fingerprint(train, validation, config, parent), restart)
     emit = on_event or (lambda event: None)
     emit({"event": "preparing", "cases": len(train) + len(validation)})
-    train_prepared = [prepare_case(case, config.preprocess) for case in train]
+    train_prepared = [prepare_case(case, config.preprocess, config.soft_labels) for case in train]
     validation_prepared = [prepare_case(case, config.preprocess) for case in validation]
     require_tumour(train_prepared)
     roles: list[tuple[str, Task]] = (
