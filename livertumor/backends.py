@@ -80,6 +80,16 @@ def native_bf16() -> bool:
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def check_precision(backend: str, precision: str) -> None:
+    """Refuse a ``precision`` (fp32 or bf16) that compiled ``backend`` cannot run here."""
+    if precision not in ("fp32", "bf16"):
+        raise LiverTumorError(f"precision must be fp32 or bf16, got {precision!r}")
+    if precision == "bf16" and backend != "openvino":
+        raise LiverTumorError(f"the {backend} backend runs fp32 only: use --precision fp32 or --backend openvino")
+    if precision == "bf16" and not native_bf16():
+        raise LiverTumorError("this CPU has no native bf16 arithmetic (AVX512_BF16 or AMX): use --precision fp32")
+
+
 class GraphForward:
     """``network``'s forward through a compiled backend: logits for a (N, 1, D, H, W) batch from one
     compiled graph, loaded from the cache or built (``report`` says so: the first run takes seconds to a
@@ -100,12 +110,7 @@ class GraphForward:
     ) -> None:
         if backend not in _GRAPH_BACKENDS:
             raise LiverTumorError(f"{backend!r} is not a compiled backend ({', '.join(_GRAPH_BACKENDS)})")
-        if precision not in ("fp32", "bf16"):
-            raise LiverTumorError(f"precision must be fp32 or bf16, got {precision!r}")
-        if precision == "bf16" and backend != "openvino":
-            raise LiverTumorError(f"the {backend} backend runs fp32 only: use --precision fp32 or --backend openvino")
-        if precision == "bf16" and not native_bf16():
-            raise LiverTumorError("this CPU has no native bf16 arithmetic (AVX512_BF16 or AMX): use --precision fp32")
+        check_precision(backend, precision)
         self.network = network
         self.backend = backend
         self.precision = precision

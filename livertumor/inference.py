@@ -228,11 +228,13 @@ def segment(
     else:
         check_ct_values(image)
         ct = image
-    from .backends import network_forward, resolve_backend
+    from .backends import check_precision, network_forward, resolve_backend
 
     torch_device = resolve_device(device)
     backend = resolve_backend(backend, torch_device)
     precision = resolve_precision(torch_device, precision)
+    if backend != "torch":
+        check_precision(backend, precision)  # before any minute of preprocessing
     loaded = load_model(model, torch_device)
     config = loaded.card.preprocess
     divisor = loaded.card.architecture.divisor
