@@ -1,16 +1,17 @@
 """The analogue of the paper's Tables I/II on phantoms: five training schemas, one budget, one test set.
 
     python benchmarks/curriculum.py --out /tmp/curriculum [--train-cases 16] [--test-cases 6] [--epochs 16]
-        [--iterations 80] [--seeds 0 1 2] [--jobs 1] [--device cpu] [--phantom-workers 1]
-        [--whole-batch 1] [--patch-batch 2] [--loader-workers 1]
+        [--iterations 80] [--seeds 0 1 2] [--classes 2] [--jobs 1] [--device cpu] [--phantom-workers 1]
+        [--whole-batch 1] [--patch-batch 2] [--loader-workers 1] [--lr-schedule step|poly] [--loss NAME]
         [--config Resources/Models/demo-curriculum.train.json] [--markdown docs/results/curriculum.md]
 
 Every schema trains the same network for the same number of epochs x iterations (the cascade splits them
 between its liver and tumour networks) once per training seed (weights' initialisation and the blocks
 drawn), then segments the held-out phantoms end to end (``segment``: original grid) and is scored with
 ``livertumor.metrics``: DC, DG, VOE, RVD, ASSD, MSD, RMSD, recall of lesions < 10 mm, and inference
-seconds per case. With several seeds the table gives each column's mean ± sd over them, and a second
-table each seed's DG.
+seconds per case. The networks segment tumour only, as in the paper (``--classes 2``), or liver and tumour
+at once, as the demo model (``--classes 3``); the cascade's two networks have two classes either way.
+With several seeds the table gives each column's mean ± sd over them, and a second table each seed's DG.
 
 ``--whole-batch`` / ``--patch-batch`` / ``--loader-workers`` override the settings' (1, 2, 1) for every
 schema alike: on a GPU, 16 whole 32x64x64 blocks per step hold the voxels of one of the paper's
@@ -40,11 +41,12 @@ from livertumor.datasets import find_cases
 from livertumor.evaluation import Evaluation
 from livertumor.inference import segment
 from livertumor.io import read_ct, read_label
+from livertumor.losses import LOSSES
 from livertumor.memory import keep_freed_memory
 from livertumor.metrics import evaluate_pair
 from livertumor.phantom import write_phantom_dataset
 from livertumor.plotting import pyplot, save_figure
-from livertumor.training import SCHEMAS, TrainConfig, split_cases, train_model
+from livertumor.training import LR_SCHEDULES, SCHEMAS, TrainConfig, split_cases, train_model
 
 COLUMNS = ("dc", "dg", "voe", "rvd", "assd", "msd", "rmsd")
 
@@ -88,12 +90,13 @@ def summarise(schema: str, results: list, voxel_ml: list[float], seconds: float,
 
 
 def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespace) -> TrainConfig:
-    """The settings of one schema/seed run: tumour-only networks as in the paper (the cascade's two
-    networks have two classes each), the budget split over the schema's stages."""
+    """The settings of one schema/seed run: ``--classes`` classes (2, tumour only, as in the paper; 3 adds
+    the liver, as the demo model; the cascade's two networks have two classes each), the budget split
+    over the schema's stages."""
     return replace(
         base,
         schema=schema,
-        architecture=replace(base.architecture, classes=2),
+        architecture=replace(base.architecture, classes=2 if schema == "cascade" else args.classes),
         epochs=args.epochs // 2 if schema == "cascade" else args.epochs,
         stage_epochs=None,
         iterations_per_epoch=args.iterations,
@@ -102,6 +105,8 @@ def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespa
         whole_batch=args.whole_batch or base.whole_batch,
         patch_batch=args.patch_batch or base.patch_batch,
         workers=base.workers if args.loader_workers is None else args.loader_workers,
+        lr_schedule=args.lr_schedule or base.lr_schedule,
+        loss=args.loss or base.loss,
     )
 
 
@@ -164,14 +169,17 @@ def tables(rows: list[dict], schemas: list[str], seeds: list[int]) -> str:
 
 
 def validation_curves(out: Path, schemas: list[str], seeds: list[int], path: Path) -> None:
-    """Validation tumour DG per epoch of every run (the cascade's tumour network, in the true liver's box):
-    one panel per schema, one line per seed."""
+    """Validation tumour DG per epoch of every run (the cascade's: its tumour network's, in the true liver's
+    box): one panel per schema, one line per seed."""
     plt = pyplot()
     figure, axes = plt.subplots(1, len(schemas), figsize=(3.2 * len(schemas), 3.2), sharey=True, squeeze=False)
     for axis, schema in zip(axes[0], schemas):
         for seed in seeds:
-            log = out / f"model-{schema}-seed{seed}.work" / "tumour-log.csv"
-            if log.exists():
+            work = out / f"model-{schema}-seed{seed}.work"
+            log = next(
+                (work / f"{task}-log.csv" for task in ("tumour", "joint") if (work / f"{task}-log.csv").exists()), None
+            )
+            if log:
                 with log.open(newline="") as handle:
                     scores = [float(row["dg"] or "nan") for row in csv.DictReader(handle)]
                 axis.plot(range(1, len(scores) + 1), scores, marker=".", label=f"seed {seed}")
@@ -194,12 +202,15 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(96, 160, 160))
     parser.add_argument("--spacing", type=float, nargs=3, default=(2.5, 2.5, 2.5))
     parser.add_argument("--schemas", nargs="+", default=list(SCHEMAS))
+    parser.add_argument("--classes", type=int, choices=(2, 3), default=2, help="2: tumour only (the paper); 3: + liver")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per schema")
     parser.add_argument("--jobs", type=int, default=1, help="schema/seed runs at once, each in its own process")
     parser.add_argument("--device", help="where to train and segment (default: the config's)")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
     parser.add_argument("--patch-batch", type=int, help="tumour patches per step (default: the settings')")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="within each stage (default: the settings')")
+    parser.add_argument("--loss", choices=list(LOSSES), help="the training loss (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes per run (default: the settings')")
     parser.add_argument("--run", nargs=2, metavar=("SCHEMA", "SEED"), help=argparse.SUPPRESS)  # one run, in a job
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
