@@ -33,6 +33,15 @@ from livertumor.phantom import make_phantom
 LESION_FREE_EVERY = 5
 
 
+def one_model_parser(description: str, cases: int) -> argparse.ArgumentParser:
+    """A benchmark's command line for one model on unseen test phantoms: ``--model``, ``--cases``, ``--seed``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", default="demo-curriculum")
+    parser.add_argument("--cases", type=int, default=cases)
+    parser.add_argument("--seed", type=int, default=900)
+    return parser
+
+
 def unseen_phantoms(seed: int, cases: int) -> list:
     """``cases`` phantoms from ``seed`` on (no training run here used these seeds), every 5th lesion-free."""
     return [make_phantom(seed + n, lesion_count=0 if (n + 1) % LESION_FREE_EVERY == 0 else None) for n in range(cases)]

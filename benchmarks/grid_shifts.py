@@ -14,11 +14,14 @@ row. Phantoms as in ``demo_targets.py`` (seeds from ``--seed``, every 5th lesion
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import numpy as np
-from demo_targets import phantom_figures, unseen_phantoms  # the benchmarks folder is the script's path
+from demo_targets import (  # the benchmarks folder is the script's path
+    one_model_parser,
+    phantom_figures,
+    unseen_phantoms,
+)
 
 from livertumor.inference import drop_tumour_outside_liver, segment, sliding_window
 from livertumor.models import load_model
@@ -55,11 +58,7 @@ def probabilities_on_ct(ct: Volume, loaded, shift_voxels: tuple[float, float, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo-curriculum")
-    parser.add_argument("--cases", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=900)
-    args = parser.parse_args()
+    args = one_model_parser(__doc__.splitlines()[0], cases=12).parse_args()
     loaded = load_model(args.model)
     rows = {"segment": []} | {f"{count} grid{'s' * (count > 1)}": [] for count in SHIFTS}
     seconds = dict.fromkeys(rows, 0.0)

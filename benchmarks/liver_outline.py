@@ -14,10 +14,8 @@ bounds what a sub-voxel fix of the outline could give.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from demo_targets import unseen_phantoms  # the benchmarks folder is the script's path
+from demo_targets import one_model_parser, unseen_phantoms  # the benchmarks folder is the script's path
 from scipy import ndimage
 
 from livertumor.inference import segment
@@ -26,11 +24,7 @@ EDGES_MM = (0.0, 3.0, 5.0, 10.0, np.inf)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo-curriculum")
-    parser.add_argument("--cases", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=900)
-    args = parser.parse_args()
+    args = one_model_parser(__doc__.splitlines()[0], cases=30).parse_args()
     false_liver, missed = np.zeros(len(EDGES_MM) - 1), np.zeros(len(EDGES_MM) - 1)
     dice, dice_without_first_layer = [], []
     for phantom in unseen_phantoms(args.seed, args.cases):

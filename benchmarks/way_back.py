@@ -15,10 +15,8 @@ mean and lowest, and on how many phantoms the way beats nearest neighbour on the
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-from demo_targets import unseen_phantoms  # the benchmarks folder is the script's path
+from demo_targets import one_model_parser, unseen_phantoms  # the benchmarks folder is the script's path
 from recipe_evaluate import dice
 
 from livertumor.inference import class_map, drop_tumour_outside_liver, sliding_window
@@ -28,11 +26,7 @@ from livertumor.preprocess import prepare_ct, resample_label
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo-curriculum")
-    parser.add_argument("--cases", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=900)
-    args = parser.parse_args()
+    args = one_model_parser(__doc__.splitlines()[0], cases=30).parse_args()
     loaded = load_model(args.model, "cpu")
     card = loaded.card
     (_, network), *rest = loaded.cascade_stages()
