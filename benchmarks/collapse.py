@@ -53,7 +53,7 @@ def initial_peak(network: ResUNet3d, image: np.ndarray, block: tuple[int, ...]) 
     centre = tuple(slice((side - size) // 2, (side - size) // 2 + size) for side, size in zip(image.shape, block))
     with torch.no_grad():
         logits = network.eval()(torch.from_numpy(np.ascontiguousarray(image[centre]))[None, None])
-    return float(torch.softmax(logits, dim=1)[0, 1].max())
+    return float(torch.softmax(logits, dim=1)[0, -1].max())
 
 
 def main() -> None:
