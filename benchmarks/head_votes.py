@@ -1,7 +1,7 @@
 """Can an untrained network mark tumour at all? Each seed's head, read before any training step.
 
     python benchmarks/head_votes.py [--config benchmarks/configs/curriculum-cpu.train.json] [--classes 3]
-        [--seeds 0 1 2 3 4] [--probe DATA_DIR]
+        [--seeds 0 1 2 3 4] [--probe DATA_DIR] [--head-width N] [--summary-only]
 
 The network's last layer is a 1x1x1 convolution over ReLU features f_k >= 0, so a voxel's tumour logit
 minus class j's logit is (b_tumour - b_j) + sum_k (w_tumour,k - w_j,k) f_k. The "head margin" is the best
@@ -11,7 +11,8 @@ can rank tumour first: a gradient through the softmax at tumour voxels is then a
 run, and it vanishes as p(1 - p). "voting channels" counts the features that favour tumour over every other
 class. With ``--probe``, "initial peak p" is the highest tumour probability the untrained network gives
 anywhere in the first phantom of that dataset (prepared as the config says). A seed seeds the network as
-the Trainer does.
+the Trainer does. ``--head-width`` changes the width of the full-resolution level (the head's feature
+count; the demo's is 4), to ask how often a wider head starts dead.
 """
 
 from __future__ import annotations
@@ -51,26 +52,39 @@ def head_margin(weight: torch.Tensor) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=Path("benchmarks/configs/curriculum-cpu.train.json"))
+    parser.add_argument(
+        "--config", type=Path, default=Path(__file__).resolve().parent / "configs/curriculum-cpu.train.json"
+    )
     parser.add_argument("--classes", type=int, choices=(2, 3), default=3, help="2: tumour only; 3: + liver")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
     parser.add_argument("--probe", type=Path, help="a phantom dataset; its first case gives the initial peak p")
+    parser.add_argument("--head-width", type=int, help="channels at full resolution (default: the config's)")
+    parser.add_argument("--summary-only", action="store_true", help="print only the counts over all seeds")
     args = parser.parse_args()
     base = TrainConfig.from_json(json.loads(args.config.read_text()))
-    architecture = replace(base.architecture, classes=args.classes)
+    widths = base.architecture.widths
+    if args.head_width:
+        widths = (args.head_width, *widths[1:])
+    architecture = replace(base.architecture, classes=args.classes, widths=tuple(widths))
     probe = None
     if args.probe:
         image = prepare_case(find_cases(args.probe)[0], base.preprocess).image
         padded = round_up(image.shape, architecture.divisor)
         probe = np.pad(image, [(0, after - side) for side, after in zip(image.shape, padded)], mode="edge")
-    print("| seed | head margin | voting channels | initial peak p |\n|---|---|---|---|")
+    if not args.summary_only:
+        print("| seed | head margin | voting channels | initial peak p |\n|---|---|---|---|")
+    margins = []
     for seed in args.seeds:
         torch.manual_seed(seed)  # as the Trainer seeds its own network
         network = ResUNet3d(architecture)
         weight = network.head[-1].weight.detach()
         votes = int((weight[-1] > weight[:-1]).all(dim=0).sum())
-        peak = "-" if probe is None else f"{initial_peak(network, probe, probe.shape):.3f}"
-        print(f"| {seed} | {head_margin(weight):+.2f} | {votes} | {peak} |", flush=True)
+        margins.append(head_margin(weight))
+        if not args.summary_only:
+            peak = "-" if probe is None else f"{initial_peak(network, probe, probe.shape):.3f}"
+            print(f"| {seed} | {margins[-1]:+.2f} | {votes} | {peak} |", flush=True)
+    counts = ", ".join(f"<= {limit}: {sum(m <= limit for m in margins)}" for limit in (0.0, 0.3, 0.5))
+    print(f"{len(margins)} seeds, {widths[0]} head channels, {args.classes} classes; head margin {counts}")
 
 
 if __name__ == "__main__":
