@@ -73,18 +73,21 @@ def main() -> None:
         probe = np.pad(image, [(0, after - side) for side, after in zip(image.shape, padded)], mode="edge")
     if not args.summary_only:
         print("| seed | head margin | voting channels | initial peak p |\n|---|---|---|---|")
-    margins = []
+    margins, votes_per_seed = [], []
     for seed in args.seeds:
         torch.manual_seed(seed)  # as the Trainer seeds its own network
         network = ResUNet3d(architecture)
         weight = network.head[-1].weight.detach()
         votes = int((weight[-1] > weight[:-1]).all(dim=0).sum())
         margins.append(head_margin(weight))
+        votes_per_seed.append(votes)
         if not args.summary_only:
             peak = "-" if probe is None else f"{initial_peak(network, probe, probe.shape):.3f}"
             print(f"| {seed} | {margins[-1]:+.2f} | {votes} | {peak} |", flush=True)
     counts = ", ".join(f"<= {limit}: {sum(m <= limit for m in margins)}" for limit in (0.0, 0.3, 0.5))
-    print(f"{len(margins)} seeds, {widths[0]} head channels, {args.classes} classes; head margin {counts}")
+    few = f"0: {votes_per_seed.count(0)}, <= 1: {sum(v <= 1 for v in votes_per_seed)}"
+    heads = f"{len(margins)} seeds, {widths[0]} head channels, {args.classes} classes"
+    print(f"{heads}; head margin {counts}; voting channels {few}")
 
 
 if __name__ == "__main__":
