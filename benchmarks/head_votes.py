@@ -67,7 +67,7 @@ def main() -> None:
         widths = (args.head_width, *widths[1:])
     architecture = replace(base.architecture, classes=args.classes, widths=tuple(widths))
     probe = None
-    if args.probe:
+    if args.probe and not args.summary_only:  # the summary has no peak column
         image = prepare_case(find_cases(args.probe)[0], base.preprocess).image
         padded = round_up(image.shape, architecture.divisor)
         probe = np.pad(image, [(0, after - side) for side, after in zip(image.shape, padded)], mode="edge")
