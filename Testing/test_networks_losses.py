@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from livertumor.errors import LiverTumorError
 from livertumor.losses import dice_ce_loss, present_dice_loss, weighted_dice_loss
 from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig
 
@@ -49,6 +50,19 @@ def test_shapes_and_gradients_reach_every_parameter():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
     with pytest.raises(ValueError, match="multiples of 4"):
         net(torch.randn(1, 1, 8, 16, 10))
+
+
+def test_head_width_sets_the_last_features_and_travels_in_the_card():
+    plain = ResUNetConfig(widths=(4, 8, 16), encoder_blocks=(1, 1), decoder_blocks=(1, 1))
+    assert "head_width" not in plain.to_dict()  # older cards keep their exact text
+    assert ResUNet3d(plain).head[-1].in_channels == 4
+    wide = ResUNetConfig.from_dict({**plain.to_dict(), "head_width": 16})
+    assert ResUNetConfig.from_dict(wide.to_dict()) == wide
+    net = ResUNet3d(wide)
+    assert net.head[0].out_channels == net.head[-1].in_channels == 16
+    assert net(torch.randn(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
+    with pytest.raises(LiverTumorError, match="head_width"):
+        ResUNetConfig(head_width=0)
 
 
 def test_bad_architecture_is_refused():

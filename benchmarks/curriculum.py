@@ -97,7 +97,11 @@ def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespa
     return replace(
         base,
         schema=schema,
-        architecture=replace(base.architecture, classes=2 if schema == "cascade" else args.classes),
+        architecture=replace(
+            base.architecture,
+            classes=2 if schema == "cascade" else args.classes,
+            head_width=args.head_width or base.architecture.head_width,
+        ),
         epochs=args.epochs // 2 if schema == "cascade" else args.epochs,
         stage_epochs=None,
         iterations_per_epoch=args.iterations,
@@ -240,6 +244,7 @@ def main() -> None:
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, help="within each stage (default: the settings')")
     parser.add_argument("--loss", choices=list(LOSSES), help="the training loss (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes per run (default: the settings')")
+    parser.add_argument("--head-width", type=int, help="channels of the head's last features (default: the settings')")
     parser.add_argument("--run", nargs=2, metavar=("SCHEMA", "SEED"), help=argparse.SUPPRESS)  # one run, in a job
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
     args = parser.parse_args()

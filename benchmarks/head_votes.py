@@ -11,8 +11,8 @@ can rank tumour first: a gradient through the softmax at tumour voxels is then a
 run, and it vanishes as p(1 - p). "voting channels" counts the features that favour tumour over every other
 class. With ``--probe``, "initial peak p" is the highest tumour probability the untrained network gives
 anywhere in the first phantom of that dataset (prepared as the config says). A seed seeds the network as
-the Trainer does. ``--head-width`` changes the width of the full-resolution level (the head's feature
-count; the demo's is 4), to ask how often a wider head starts dead.
+the Trainer does. ``--head-width`` sets the head's feature count (``ResUNetConfig.head_width``; the demo's is its
+full-resolution width, 4), to ask how often a wider head starts dead.
 """
 
 from __future__ import annotations
@@ -58,14 +58,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, choices=(2, 3), default=3, help="2: tumour only; 3: + liver")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(5)))
     parser.add_argument("--probe", type=Path, help="a phantom dataset; its first case gives the initial peak p")
-    parser.add_argument("--head-width", type=int, help="channels at full resolution (default: the config's)")
+    parser.add_argument("--head-width", type=int, help="the head's feature channels (default: the config's)")
     parser.add_argument("--summary-only", action="store_true", help="print only the counts over all seeds")
     args = parser.parse_args()
     base = TrainConfig.from_json(json.loads(args.config.read_text()))
-    widths = base.architecture.widths
-    if args.head_width:
-        widths = (args.head_width, *widths[1:])
-    architecture = replace(base.architecture, classes=args.classes, widths=tuple(widths))
+    head_width = args.head_width or base.architecture.head_width
+    architecture = replace(base.architecture, classes=args.classes, head_width=head_width)
     probe = None
     if args.probe and not args.summary_only:  # the summary has no peak column
         image = prepare_case(find_cases(args.probe)[0], base.preprocess).image
@@ -86,7 +84,7 @@ def main() -> None:
             print(f"| {seed} | {margins[-1]:+.2f} | {votes} | {peak} |", flush=True)
     counts = ", ".join(f"<= {limit}: {sum(m <= limit for m in margins)}" for limit in (0.0, 0.3, 0.5))
     few = f"0: {votes_per_seed.count(0)}, <= 1: {sum(v <= 1 for v in votes_per_seed)}"
-    heads = f"{len(margins)} seeds, {widths[0]} head channels, {args.classes} classes"
+    heads = f"{len(margins)} seeds, {network.head[-1].in_channels} head channels, {args.classes} classes"
     print(f"{heads}; head margin {counts}; voting channels {few}")
 
 
