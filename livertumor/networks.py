@@ -220,7 +220,8 @@ class ResUNetConfig:
     #: Channels of the head's last ReLU features, None for ``widths[0]``. The last 1x1x1 convolution
     #: can rank tumour first only where some channel favours it over every other class; with 4 channels
     #: and 3 classes about 1 seed in 5 draws none and never starts (docs/results/curriculum.md), with 16
-    #: none of 500 seeds did, for ~3 % more FLOPs of a width-4 network.
+    #: none of 500 seeds did, for 1.3 % more FLOPs of the width-4 CPU recipe. It moved dead starts
+    #: rather than ending them there, so it stays off by default.
     head_width: int | None = None
 
     def __post_init__(self) -> None:
