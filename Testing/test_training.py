@@ -18,11 +18,9 @@ from conftest import REPO, TINY_SETTINGS
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from livertumor import training
 from livertumor.data import Augmentation, CurriculumSamples, prepare_case, tumour_patch_size
 from livertumor.datasets import find_cases
 from livertumor.errors import DatasetError, LiverTumorError
-from livertumor.networks import ResUNet3d, peak_probability
 from livertumor.preprocess import PreprocessConfig
 from livertumor.training import (
     AVERAGE,
@@ -570,54 +568,3 @@ def test_weight_average_moves_a_fixed_share_towards_the_trained_weights(prepared
     assert tiny_trainer(prepared, tmp_path / "plain").averaged is None
     with pytest.raises(LiverTumorError, match="weight_average"):
         TrainConfig(weight_average=1.0)
-
-
-def _first_draw_peak(settings: dict, seed: int, image: np.ndarray) -> float:
-    torch.manual_seed(seed)  # as the Trainer seeds its first draw
-    network = ResUNet3d(TrainConfig.from_json(settings).architecture)
-    return peak_probability(network, image, image.shape)
-
-
-def test_start_check_redraws_weights_that_cannot_mark_tumour(prepared, tmp_path, monkeypatch):
-    """With one head channel, a draw whose channel votes against tumour cannot rank it first anywhere and
-    such runs never start (docs/results/curriculum.md). The check draws again until the untrained network
-    gives tumour p >= start_peak somewhere; a draw that passes at once is the seed's own weights."""
-    settings = {**TINY_SETTINGS, "architecture": {**TINY_SETTINGS["architecture"], "head_width": 1}}
-    image = prepared[0].image
-    peaks = {seed: _first_draw_peak(settings, seed, image) for seed in range(16)}
-    dead = next(seed for seed, peak in peaks.items() if peak < 0.5)
-    live = next(seed for seed, peak in peaks.items() if peak >= 0.9)
-
-    events: list[dict] = []
-    config = TrainConfig.from_json({**settings, "seed": dead, "start_peak": 0.9})
-    trainer = Trainer(config, prepared[:3], prepared[3:4], tmp_path / "dead", on_event=events.append)
-    assert trainer.start["passed"] and trainer.start["kept"] >= 1
-    assert trainer.start["draws"] == trainer.start["kept"] + 1
-    assert peak_probability(trainer.model, image, image.shape) == pytest.approx(trainer.start["peak"], abs=1e-4)
-    assert trainer.start["peak"] >= 0.9
-    assert [e for e in events if e["event"] == "start"] == [{"task": "tumour", "event": "start", **trainer.start}]
-
-    passing = Trainer(replace(config, seed=live), prepared[:3], prepared[3:4], tmp_path / "live")
-    assert passing.start == {"draws": 1, "kept": 0, "peak": round(peaks[live], 4), "passed": True}
-    torch.manual_seed(live)
-    own = ResUNet3d(config.architecture).state_dict()
-    assert all(torch.equal(own[k], v) for k, v in passing.model.state_dict().items())
-    assert Trainer(replace(config, start_peak=0.0), prepared[:3], [], tmp_path / "off").start == {}
-
-    monkeypatch.setattr(training, "START_DRAWS", 2)  # none passes: the better draw is kept, and said
-    unreachable = Trainer(replace(config, start_peak=0.999999), prepared[:3], [], tmp_path / "unreachable")
-    assert unreachable.start["draws"] == 2 and not unreachable.start["passed"]
-    assert peak_probability(unreachable.model, image, image.shape) == pytest.approx(unreachable.start["peak"], abs=1e-4)
-    with pytest.raises(LiverTumorError, match="start_peak"):
-        replace(config, start_peak=1.0)
-
-
-def test_start_check_is_recorded_in_the_card(tiny_data, tmp_path):
-    from livertumor.models import read_card
-
-    cases = find_cases(tiny_data)
-    config = TrainConfig.from_json({**TINY_SETTINGS, "schema": "naive", "stage_epochs": [1], "start_peak": 0.5})
-    train_model(cases[:3], cases[3:4], config, tmp_path / "model")
-    card = read_card(tmp_path / "model")
-    assert card.training_data["settings"]["start_peak"] == 0.5
-    assert set(card.training_data["start_check"]["tumour"]) == {"draws", "kept", "peak", "passed"}

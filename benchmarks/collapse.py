@@ -25,11 +25,12 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from livertumor.data import prepare_case
 from livertumor.datasets import find_cases
-from livertumor.networks import ResUNet3d, peak_probability
+from livertumor.networks import ResUNet3d
 from livertumor.phantom import write_phantom_dataset
 from livertumor.training import TrainConfig, split_cases, train_model
 
@@ -45,6 +46,14 @@ def start_head(weight: torch.Tensor, kind: str) -> None:
         signs = torch.tensor([(-1.0) ** k for k in range(weight.shape[1])])[None, :, None, None, None]
         weight.copy_(weight.abs() * signs)
         weight[0].zero_()
+
+
+def initial_peak(network: ResUNet3d, image: np.ndarray, block: tuple[int, ...]) -> float:
+    """The highest tumour probability ``network`` gives in the block at the centre of ``image``."""
+    centre = tuple(slice((side - size) // 2, (side - size) // 2 + size) for side, size in zip(image.shape, block))
+    with torch.no_grad():
+        logits = network.eval()(torch.from_numpy(np.ascontiguousarray(image[centre]))[None, None])
+    return float(torch.softmax(logits, dim=1)[0, -1].max())
 
 
 def main() -> None:
@@ -88,7 +97,7 @@ def main() -> None:
             torch.manual_seed(init_seed)  # as the Trainer seeds its own network
             network = ResUNet3d(architecture)
             start_head(network.head[-1].weight, args.head)
-            peak = peak_probability(network, probe, base.preprocess.block)
+            peak = initial_peak(network, probe, base.preprocess.block)
             if not model.exists():
                 train_model(train, validation, config, model, name="collapse", initial={"tumour": network.state_dict()})
             with open(args.out / f"{model.name}.work" / "tumour-log.csv", newline="") as handle:

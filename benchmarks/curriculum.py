@@ -4,7 +4,6 @@
         [--iterations 80] [--seeds 0 1 2] [--classes 2] [--jobs 1] [--device cpu] [--phantom-workers 1]
         [--whole-batch 1] [--patch-batch 2] [--loader-workers 1] [--lr-schedule step|poly] [--loss NAME]
         [--config Resources/Models/demo-curriculum.train.json] [--markdown docs/results/curriculum.md]
-        [--head-width N] [--start-peak P]
 
 Every schema trains the same network for the same number of epochs x iterations (the cascade splits them
 between its liver and tumour networks) once per training seed (weights' initialisation and the blocks
@@ -113,7 +112,6 @@ def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespa
         workers=base.workers if args.loader_workers is None else args.loader_workers,
         lr_schedule=args.lr_schedule or base.lr_schedule,
         loss=args.loss or base.loss,
-        start_peak=base.start_peak if args.start_peak is None else args.start_peak,
     )
 
 
@@ -247,9 +245,6 @@ def main() -> None:
     parser.add_argument("--loss", choices=list(LOSSES), help="the training loss (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes per run (default: the settings')")
     parser.add_argument("--head-width", type=int, help="channels of the head's last features (default: the settings')")
-    parser.add_argument(
-        "--start-peak", type=float, help="start check: redraw weights that cannot mark tumour (TrainConfig.start_peak)"
-    )
     parser.add_argument("--run", nargs=2, metavar=("SCHEMA", "SEED"), help=argparse.SUPPRESS)  # one run, in a job
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
     args = parser.parse_args()

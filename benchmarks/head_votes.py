@@ -24,11 +24,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from collapse import initial_peak  # the benchmarks folder is the script's path
 from scipy.optimize import linprog
 
 from livertumor.data import prepare_case
 from livertumor.datasets import find_cases
-from livertumor.networks import ResUNet3d, peak_probability
+from livertumor.networks import ResUNet3d, round_up
 from livertumor.training import TrainConfig
 
 
@@ -65,7 +66,9 @@ def main() -> None:
     architecture = replace(base.architecture, classes=args.classes, head_width=head_width)
     probe = None
     if args.probe and not args.summary_only:  # the summary has no peak column
-        probe = prepare_case(find_cases(args.probe)[0], base.preprocess).image
+        image = prepare_case(find_cases(args.probe)[0], base.preprocess).image
+        padded = round_up(image.shape, architecture.divisor)
+        probe = np.pad(image, [(0, after - side) for side, after in zip(image.shape, padded)], mode="edge")
     if not args.summary_only:
         print("| seed | head margin | voting channels | initial peak p |\n|---|---|---|---|")
     margins, votes_per_seed = [], []
@@ -77,7 +80,7 @@ def main() -> None:
         margins.append(head_margin(weight))
         votes_per_seed.append(votes)
         if not args.summary_only:
-            peak = "-" if probe is None else f"{peak_probability(network, probe, probe.shape):.3f}"
+            peak = "-" if probe is None else f"{initial_peak(network, probe, probe.shape):.3f}"
             print(f"| {seed} | {margins[-1]:+.2f} | {votes} | {peak} |", flush=True)
     counts = ", ".join(f"<= {limit}: {sum(m <= limit for m in margins)}" for limit in (0.0, 0.3, 0.5))
     few = f"0: {votes_per_seed.count(0)}, <= 1: {sum(v <= 1 for v in votes_per_seed)}"

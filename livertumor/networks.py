@@ -17,7 +17,6 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -341,21 +340,3 @@ class ResUNet3d(nn.Module):
 def round_up(size: Sequence[int], divisor: int) -> tuple[int, ...]:
     """Each side rounded up to a multiple of ``divisor``."""
     return tuple(-(-int(s) // divisor) * divisor for s in size)
-
-
-@torch.no_grad()
-def peak_probability(network: ResUNet3d, image: np.ndarray, largest: Sequence[int]) -> float:
-    """The highest probability ``network`` gives its last class (tumour) anywhere in ``image`` (z, y, x), or
-    in its centre of at most ``largest`` voxels a side, padded by its edge to the network's divisor."""
-    centre = tuple(
-        slice((side - min(side, size)) // 2, (side - min(side, size)) // 2 + min(side, size))
-        for side, size in zip(image.shape, largest)
-    )
-    crop = image[centre]
-    padded = round_up(crop.shape, network.config.divisor)
-    crop = np.pad(crop, [(0, after - side) for side, after in zip(crop.shape, padded)], mode="edge")
-    device = next(network.parameters()).device
-    was_training = network.training
-    logits = network.eval()(torch.from_numpy(np.ascontiguousarray(crop, dtype=np.float32))[None, None].to(device))
-    network.train(was_training)
-    return float(torch.softmax(logits, dim=1)[0, -1].max())

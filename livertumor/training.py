@@ -50,7 +50,7 @@ from .io import atomic_path
 from .losses import LOSSES
 from .metrics import dice_global, lesion_detection, mask_stats, mean_metrics, metrics_from_stats
 from .models import ModelCard, save_model
-from .networks import ResUNet3d, ResUNetConfig, peak_probability
+from .networks import ResUNet3d, ResUNetConfig
 from .plotting import pyplot, save_figure
 from .preprocess import PreprocessConfig, mask_box
 
@@ -65,9 +65,6 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 Event = Callable[[dict], None]
 
 LR_SCHEDULES = ("step", "poly")
-
-#: Draws of the initial weights the start check tries before it keeps the best one (``TrainConfig.start_peak``).
-START_DRAWS = 16
 
 
 def scheduled_rate(stage_rate: float, schedule: str, stage_progress: float) -> float:
@@ -127,12 +124,6 @@ class TrainConfig:
     #: weights jitter from step to step; 0.999 averages over about the last 1,000 steps (continuing the
     #: demo model it did not help: docs/results/demo-model.md).
     weight_average: float = 0.0
-    #: Start check, for training from scratch (0: off, the paper). The untrained network must give its last
-    #: class (tumour) a probability of at least this somewhere in the first training case, or its weights
-    #: are drawn again (up to ``START_DRAWS`` times; the best draw is kept if none passes). On the CPU
-    #: schema recipe every three-class run whose untrained network peaked at 0.84 or less never marked
-    #: tumour, and every one at 0.997 or more did (docs/results/curriculum.md).
-    start_peak: float = 0.0
 
     def __post_init__(self) -> None:
         if self.schema not in SCHEMAS:
@@ -143,8 +134,6 @@ class TrainConfig:
             raise LiverTumorError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.weight_average < 1.0:
             raise LiverTumorError(f"weight_average must be in [0, 1), got {self.weight_average}")
-        if not 0.0 <= self.start_peak < 1.0:
-            raise LiverTumorError(f"start_peak must be in [0, 1), got {self.start_peak}")
 
     def stage_plan(self) -> list[tuple[str, int, float]]:
         """``(kind, epochs, learning rate)`` per stage."""
@@ -320,7 +309,6 @@ class Trainer:
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(self.device)
-        self.start = self._check_start() if initial_weights is None and config.start_peak > 0 else {}
         # the average starts at the initial weights, so a fine-tuned model starts from its parent
         self.averaged = copy.deepcopy(self.model).requires_grad_(False) if config.weight_average else None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
@@ -334,28 +322,6 @@ class Trainer:
     def _emit(self, **event) -> None:
         if self.distributed.main:
             self.on_event({"task": self.task, **event})
-
-    def _check_start(self) -> dict:
-        """Draw the initial weights again until the untrained network can mark its last class somewhere in
-        the first training case (``start_peak``); the first draw is the seed's own, so a run that passes at
-        once is the run without the check. Every rank draws the same weights."""
-        probe = self.train_cases[0].image
-        threshold, best = self.config.start_peak, (-1.0, 0, None)
-        for draw in range(START_DRAWS):
-            if draw:
-                torch.manual_seed(int(np.random.SeedSequence([self.config.seed, draw]).generate_state(1)[0]))
-                self.model = ResUNet3d(self.config.architecture).to(self.device)
-            peak = peak_probability(self.model, probe, 4 * np.array(self.config.preprocess.block))
-            if peak > best[0]:
-                best = (peak, draw, copy.deepcopy(self.model.state_dict()))
-            if peak >= threshold:
-                break
-        peak, draw, state = best
-        self.model.load_state_dict(state)
-        start = {"draws": draw + 1 if peak >= threshold else START_DRAWS, "kept": draw, "peak": round(peak, 4)}
-        start["passed"] = peak >= threshold
-        self._emit(event="start", **start)
-        return start
 
     def _network(self) -> torch.nn.Module:
         if self.distributed.world > 1:
@@ -699,7 +665,7 @@ def train_model(
         if config.schema == "cascade"
         else [("tumour", task_for(config.architecture.classes))]
     )
-    histories, weights, validation_metrics, before, starts, distributed = {}, {}, {}, {}, {}, _Distributed()
+    histories, weights, validation_metrics, before, distributed = {}, {}, {}, {}, _Distributed()
     for role, task in roles:
         cases_train, cases_validation = train_prepared, validation_prepared
         if config.schema == "cascade" and role == "tumour":
@@ -717,8 +683,6 @@ def train_model(
         distributed = trainer.distributed
         histories[role] = trainer.run()
         before[role] = trainer.before
-        if trainer.start:
-            starts[role] = trainer.start
         weights[role] = trainer.best_weights()
         scored = [row for row in histories[role] if row.get("dg") is not None]
         validated = [row for row in histories[role] if "dc" in row]
@@ -749,7 +713,6 @@ def train_model(
             ),
             "settings": config.to_json(),
             **({"validation_note": validation_note} if validation_note else {}),
-            **({"start_check": starts} if starts else {}),
         },
         validation=validation_metrics.get("tumour", {}),
         validation_before=before.get("tumour", {}),
