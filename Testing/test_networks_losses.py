@@ -146,11 +146,11 @@ def test_region_dice_scores_the_liver_with_its_tumours_and_matches_a_hand_comput
         weight = (4 - float(g.sum()) + eps) / (4 + eps)
         expected -= weight * (2 * float((region * g).sum()) + eps) / (float(region.sum() + g.sum()) + eps)
     assert region_dice_loss(p.log()[None], target, eps).item() == pytest.approx(expected, rel=1e-5)
-    assert present_dice_loss(p.log()[None], target, eps).item() != pytest.approx(expected, rel=1e-3)
-    # two classes have no nesting: the same as present-dice
+    assert weighted_dice_loss(p.log()[None], target, eps).item() != pytest.approx(expected, rel=1e-3)
+    # two classes have no nesting: the paper's loss
     two = torch.randn(2, 2, 4, 4, 4)
     two_target = (torch.rand(2, 4, 4, 4) > 0.8).long()
-    assert region_dice_loss(two, two_target).item() == pytest.approx(present_dice_loss(two, two_target).item())
+    assert region_dice_loss(two, two_target).item() == pytest.approx(weighted_dice_loss(two, two_target).item())
 
 
 def test_each_volume_of_a_batch_gets_its_own_weights():

@@ -87,11 +87,12 @@ def present_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1
 
 
 def region_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """``present-dice`` over nested regions: the liver term scores liver plus tumour probability against the
-    liver with its tumours, so it no longer pulls a tumour voxel's probability towards liver, and only the
-    tumour term decides between them (nnU-Net's region-based training, within the softmax). For two
-    classes it is ``present-dice``."""
-    return weighted_dice_loss(logits, target, eps, skip_absent=True, nested=True)
+    """Equations (1)-(2) over nested regions: the liver term scores liver plus tumour probability against
+    the liver with its tumours, so it no longer pulls a tumour voxel's probability towards liver, and only
+    the tumour term decides between them (nnU-Net's region-based training, within the softmax). Every term
+    stays on blocks without tumour: there the tumour term is all that keeps tumour out of the liver. For two
+    classes it is the paper's loss."""
+    return weighted_dice_loss(logits, target, eps, nested=True)
 
 
 #: Training losses by name: ``weighted-dice`` is the paper's (eq. 1-2).
