@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from livertumor.errors import LiverTumorError
-from livertumor.losses import dice_ce_loss, present_dice_loss, region_dice_loss, weighted_dice_loss
+from livertumor.losses import dice_ce_loss, present_dice_loss, weighted_dice_loss
 from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig
 
 
@@ -132,25 +132,6 @@ def test_present_dice_still_pushes_false_tumour_down_and_equals_the_paper_when_a
     target[0, 0, 0, 4] = 2
     mixed = torch.randn(1, 3, 4, 8, 8)
     assert present_dice_loss(mixed, target).item() == pytest.approx(weighted_dice_loss(mixed, target).item())
-
-
-def test_region_dice_scores_the_liver_with_its_tumours_and_matches_a_hand_computation():
-    # 4 voxels: background, liver, liver, tumour; regions: background, liver + tumour, tumour
-    p = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.5, 0.4], [0.2, 0.6, 0.2], [0.1, 0.3, 0.6]]).T  # (classes, voxels)
-    target = torch.tensor([[0, 1, 1, 2]])
-    eps = 1.0
-    regions = [p[0], p[1] + p[2], p[2]]
-    truth = [torch.tensor([1.0, 0, 0, 0]), torch.tensor([0, 1.0, 1, 1]), torch.tensor([0, 0, 0, 1.0])]
-    expected = 1.0
-    for region, g in zip(regions, truth):
-        weight = (4 - float(g.sum()) + eps) / (4 + eps)
-        expected -= weight * (2 * float((region * g).sum()) + eps) / (float(region.sum() + g.sum()) + eps)
-    assert region_dice_loss(p.log()[None], target, eps).item() == pytest.approx(expected, rel=1e-5)
-    assert weighted_dice_loss(p.log()[None], target, eps).item() != pytest.approx(expected, rel=1e-3)
-    # two classes have no nesting: the paper's loss
-    two = torch.randn(2, 2, 4, 4, 4)
-    two_target = (torch.rand(2, 4, 4, 4) > 0.8).long()
-    assert region_dice_loss(two, two_target).item() == pytest.approx(weighted_dice_loss(two, two_target).item())
 
 
 def test_each_volume_of_a_batch_gets_its_own_weights():

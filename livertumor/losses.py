@@ -29,7 +29,7 @@ from torch import nn
 
 
 def weighted_dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0, skip_absent: bool = False, nested: bool = False
+    logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0, skip_absent: bool = False
 ) -> torch.Tensor:
     """Equations (1)-(2) for ``logits`` ``(N, C, *spatial)`` and ``target``: integer classes
     ``(N, *spatial)``, or each class's share of each voxel ``(N, C, *spatial)`` (soft targets, which the
@@ -37,18 +37,14 @@ def weighted_dice_loss(
 
     Each volume of the batch gets its own weights (eq. 2 is per input volume); the batch mean is returned.
     ``skip_absent`` drops, per volume, the term of every class its truth does not contain (weight 0).
-    ``nested`` scores the regions "class c or any class above it" instead of the classes (background,
-    liver with its tumours, tumour); a region's weight is the share of voxels outside it.
     """
     probabilities = torch.softmax(logits.float(), dim=1)
     one_hot = _class_shares(target, logits.shape[1]).to(probabilities.dtype)
     dims = tuple(range(2, logits.ndim))
-    total = one_hot.sum(dims).sum(dim=1, keepdim=True)
-    if nested:
-        probabilities, one_hot = _nested_regions(probabilities), _nested_regions(one_hot)
     intersection = (probabilities * one_hot).sum(dims)
     predicted = probabilities.sum(dims)
     truth = one_hot.sum(dims)
+    total = truth.sum(dim=1, keepdim=True)
     weights = ((total - truth + eps) / (total + eps)).detach()
     if skip_absent:
         weights = weights * (truth > 0)
@@ -61,13 +57,6 @@ def _class_shares(target: torch.Tensor, classes: int) -> torch.Tensor:
     if target.is_floating_point():
         return target
     return torch.nn.functional.one_hot(target.long(), classes).movedim(-1, 1)
-
-
-def _nested_regions(shares: torch.Tensor) -> torch.Tensor:
-    """``(N, C, *spatial)`` class shares as regions: the background, then for each class c >= 1 the share
-    of class c and every class above it (the liver holds its tumours)."""
-    above = shares[:, 1:].flip(1).cumsum(1).flip(1)
-    return torch.cat([shares[:, :1], above], dim=1)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -86,22 +75,8 @@ def present_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1
     return weighted_dice_loss(logits, target, eps, skip_absent=True)
 
 
-def region_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Equations (1)-(2) over nested regions: the liver term scores liver plus tumour probability against
-    the liver with its tumours, so it no longer pulls a tumour voxel's probability towards liver, and only
-    the tumour term decides between them (nnU-Net's region-based training, within the softmax). Every term
-    stays on blocks without tumour: there the tumour term is all that keeps tumour out of the liver. For two
-    classes it is the paper's loss."""
-    return weighted_dice_loss(logits, target, eps, nested=True)
-
-
 #: Training losses by name: ``weighted-dice`` is the paper's (eq. 1-2).
-LOSSES = {
-    "weighted-dice": weighted_dice_loss,
-    "dice-ce": dice_ce_loss,
-    "present-dice": present_dice_loss,
-    "region-dice": region_dice_loss,
-}
+LOSSES = {"weighted-dice": weighted_dice_loss, "dice-ce": dice_ce_loss, "present-dice": present_dice_loss}
 
 
 class WeightedDiceLoss(nn.Module):
