@@ -4,6 +4,7 @@
         [--iterations 80] [--seeds 0 1 2] [--classes 2] [--jobs 1] [--device cpu] [--phantom-workers 1]
         [--whole-batch 1] [--patch-batch 2] [--loader-workers 1] [--lr-schedule step|poly] [--loss NAME]
         [--config Resources/Models/demo-curriculum.train.json] [--markdown docs/results/curriculum.md]
+        [--head-width N] [--tumour-fraction F]
 
 Every schema trains the same network for the same number of epochs x iterations (the cascade splits them
 between its liver and tumour networks) once per training seed (weights' initialisation and the blocks
@@ -112,6 +113,7 @@ def run_config(base: TrainConfig, schema: str, seed: int, args: argparse.Namespa
         workers=base.workers if args.loader_workers is None else args.loader_workers,
         lr_schedule=args.lr_schedule or base.lr_schedule,
         loss=args.loss or base.loss,
+        tumour_fraction=base.tumour_fraction if args.tumour_fraction is None else args.tumour_fraction,
     )
 
 
@@ -245,6 +247,9 @@ def main() -> None:
     parser.add_argument("--loss", choices=list(LOSSES), help="the training loss (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes per run (default: the settings')")
     parser.add_argument("--head-width", type=int, help="channels of the head's last features (default: the settings')")
+    parser.add_argument(
+        "--tumour-fraction", type=float, help="share of whole blocks drawn around a tumour (default: the settings')"
+    )
     parser.add_argument("--run", nargs=2, metavar=("SCHEMA", "SEED"), help=argparse.SUPPRESS)  # one run, in a job
     parser.add_argument("--markdown", type=Path, help="also write the table and command to this file")
     args = parser.parse_args()
