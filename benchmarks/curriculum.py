@@ -206,9 +206,15 @@ def validation_curves(out: Path, schemas: list[str], seeds: list[int], path: Pat
     """Validation tumour DG per epoch of every run (the cascade's: its tumour network's, in the true liver's
     box): one panel per schema, one line per seed."""
     plt = pyplot()
-    figure, axes = plt.subplots(1, len(schemas), figsize=(3.2 * len(schemas), 3.2), sharey=True, squeeze=False)
+    columns = 1 + (len(seeds) - 1) // 12  # a legend column per 12 seeds keeps it within the panels' height
+    legend_width = 0.9 * columns
+    figure, axes = plt.subplots(
+        1, len(schemas), figsize=(3.2 * len(schemas) + legend_width, 3.2), sharey=True, squeeze=False
+    )
+    # past ten seeds the default cycle repeats its colours, so spread them over a colour map
+    colours = plt.get_cmap("turbo")(np.linspace(0, 1, len(seeds))) if len(seeds) > 10 else [None] * len(seeds)
     for axis, schema in zip(axes[0], schemas):
-        for seed in seeds:
+        for seed, colour in zip(seeds, colours):
             work = out / f"model-{schema}-seed{seed}.work"
             log = next(
                 (work / f"{task}-log.csv" for task in ("tumour", "joint") if (work / f"{task}-log.csv").exists()), None
@@ -216,12 +222,13 @@ def validation_curves(out: Path, schemas: list[str], seeds: list[int], path: Pat
             if log:
                 with log.open(newline="") as handle:
                     scores = [float(row["dg"] or "nan") for row in csv.DictReader(handle)]
-                axis.plot(range(1, len(scores) + 1), scores, marker=".", label=f"seed {seed}")
+                axis.plot(range(1, len(scores) + 1), scores, marker=".", color=colour, label=f"seed {seed}")
         axis.set_title(schema)
         axis.set_xlabel("epoch")
     axes[0][0].set_ylabel("validation tumour DG")
-    axes[0][0].legend()
-    figure.tight_layout()
+    labelled = {label: handle for axis in axes[0] for handle, label in zip(*axis.get_legend_handles_labels())}
+    figure.tight_layout(rect=(0, 0, 1 - legend_width / figure.get_figwidth(), 1))
+    figure.legend(labelled.values(), labelled.keys(), loc="center right", fontsize="small", ncol=columns)
     save_figure(figure, path)
 
 

@@ -4,9 +4,10 @@
 
 Each folder holds one recipe's runs (``result-SCHEMA-seedN.json``, as ``curriculum.py`` writes them); a
 seed in another folder is another initialisation (another head width, say), so every (folder, seed)
-pairs the two schemas' runs from the same starting weights. Prints the paired table of ``curriculum.py``
-(``paired_gaps``) for each folder, for all folders pooled, and for the pooled runs where both schemas
-marked tumour (test DG > 0), which leaves out what a dead start does to one schema and not the other.
+pairs the two schemas' runs from the same starting weights; a seed without both runs is left out. Prints
+the paired table of ``curriculum.py`` (``paired_gaps``) for each folder, for all folders pooled, and for the
+pooled runs where both schemas marked tumour (test DG > 0), which leaves out what a dead start does to one
+schema and not the other.
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ def main() -> None:
     schemas = ["three-stage", args.schema]
     rows, groups = [], []
     for index, out in enumerate(args.outs):
-        keys = [index * 1000 + seed for seed in args.seeds]  # one key per initialisation
+        # one key per initialisation that both schemas ran, so the counts below are of pairs
+        ran = [seed for seed in args.seeds if all(result_path(out, schema, seed).exists() for schema in schemas)]
+        keys = [index * 1000 + seed for seed in ran]
         for schema in schemas:
-            for seed, key in zip(args.seeds, keys):
-                path = result_path(out, schema, seed)
-                if path.exists():
-                    rows.append({**json.loads(path.read_text()), "seed": key})
+            for seed, key in zip(ran, keys):
+                rows.append({**json.loads(result_path(out, schema, seed).read_text()), "seed": key})
         groups.append((str(out), keys))
     every = [key for _, keys in groups for key in keys]
     dg = {(row["schema"], row["seed"]): row["dg"] for row in rows}
