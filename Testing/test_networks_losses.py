@@ -9,7 +9,7 @@ import torch
 
 from livertumor.errors import LiverTumorError
 from livertumor.losses import dice_ce_loss, present_dice_loss, weighted_dice_loss
-from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig
+from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig, widened
 
 
 def test_paper_layout_widths_blocks_and_cost():
@@ -63,6 +63,38 @@ def test_head_width_sets_the_last_features_and_travels_in_the_card():
     assert net(torch.randn(1, 1, 8, 8, 8)).shape == (1, 2, 8, 8, 8)
     with pytest.raises(LiverTumorError, match="head_width"):
         ResUNetConfig(head_width=0)
+
+
+def test_widened_network_computes_the_same_and_its_new_channels_learn():
+    torch.manual_seed(0)
+    net = ResUNet3d(ResUNetConfig(widths=(4, 8, 16), encoder_blocks=(1, 1), decoder_blocks=(2, 1), classes=3))
+    with torch.no_grad():  # trained-looking norms and biases, not the initial ones and zeros
+        for parameter in net.parameters():
+            parameter += 0.05 * torch.randn_like(parameter)
+    before = {name: tensor.clone() for name, tensor in net.state_dict().items()}
+    grown = widened(net, (6, 12, 16))
+    assert grown.config.widths == (6, 12, 16) and grown.head[0].out_channels == 6
+    x = torch.randn(1, 1, 8, 16, 16)
+    net.eval(), grown.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x), net(x), atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(before[name], tensor) for name, tensor in net.state_dict().items())
+    grown.train()
+    optimiser = torch.optim.SGD(grown.parameters(), lr=0.1)
+    stem = grown.stem[0].weight
+    for _ in range(2):  # the first step moves the readers of the new channels off zero, the second the new channels
+        optimiser.zero_grad()
+        grown(x).square().mean().backward()
+        optimiser.step()
+    assert stem.grad[4:].abs().sum() > 0
+
+
+def test_widening_refuses_narrower_levels_and_a_shortcut_that_would_vanish():
+    net = ResUNet3d(TINY)
+    with pytest.raises(LiverTumorError, match="none narrower"):
+        widened(net, (2, 8, 16))
+    with pytest.raises(LiverTumorError, match="stay different"):
+        widened(net, (8, 8, 16))
 
 
 def test_bad_architecture_is_refused():

@@ -41,11 +41,14 @@ Variants:
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder) and
 validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
 ``--spacing`` sets the network's grid (isotropic mm, the settings' 2.5 otherwise): with ``--init`` a model
-continued on a finer grid, to measure what its resolution costs small lesions. ``--device``, ``--whole-batch``
-and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every variant: a GPU takes bigger batches
-at nearly the same step time, and needs more processes sampling blocks to keep it fed. ``--lower-right-lobe``,
-``--perihepatic-fat``, ``--hilar-fat`` and ``--surface-lesions`` give the training phantoms those options
-(``make_phantom``); the validation phantoms stay the default, so curves compare across runs.
+continued on a finer grid, to measure what its resolution costs small lesions. ``--widths`` sets the
+network's channels per level; with ``--init`` the model is widened so that it first computes what it did
+(``livertumor.networks.widened``), to measure what capacity buys the liver outline and small lesions.
+``--device``, ``--whole-batch`` and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every
+variant: a GPU takes bigger batches at nearly the same step time, and needs more processes sampling blocks to
+keep it fed. ``--lower-right-lobe``, ``--perihepatic-fat``, ``--hilar-fat`` and ``--surface-lesions`` give the
+training phantoms those options (``make_phantom``); the validation phantoms stay the default, so curves
+compare across runs.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ from pathlib import Path
 from livertumor.datasets import find_cases
 from livertumor.memory import keep_freed_memory
 from livertumor.models import load_model
+from livertumor.networks import widened
 from livertumor.phantom import ANATOMY_OPTIONS, write_phantom_dataset
 from livertumor.plotting import pyplot, save_figure
 from livertumor.training import TrainConfig, train_model
@@ -116,6 +120,7 @@ def main() -> None:
     parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes (default: the settings')")
     parser.add_argument("--spacing", type=float, help="isotropic grid of the network, mm (default: the settings')")
+    parser.add_argument("--widths", type=int, nargs="+", help="channels per level (default: the settings' or --init's)")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     for option, what in ANATOMY_OPTIONS.items():
         parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms: {what}")
@@ -144,11 +149,16 @@ def main() -> None:
     initial, parent = None, None
     if args.init:
         trained = load_model(args.init)
-        initial = {role: network.state_dict() for role, network in trained.networks.items()}
+        networks = trained.networks
+        if args.widths:
+            networks = {role: widened(network, args.widths) for role, network in networks.items()}
+        initial = {role: network.state_dict() for role, network in networks.items()}
         parent = f"{trained.card.name}:{trained.card.version}"
         # validated as the continued model segments: a best epoch picked by Dice without the card's
         # post-processing was picked by the false tumour outside the liver (docs/results/demo-model.md)
         base = replace(base, tumour_in_liver=trained.card.tumour_in_liver)
+    if args.widths:
+        base = replace(base, architecture=replace(base.architecture, widths=tuple(args.widths)))
     curves, rows = {}, []
     for name in args.variants:
         config = replace(base, **VARIANTS[name])
@@ -192,6 +202,7 @@ def main() -> None:
             + (f" --whole-batch {args.whole_batch}" if args.whole_batch else "")
             + (f" --loader-workers {args.loader_workers}" if args.loader_workers is not None else "")
             + (f" --spacing {args.spacing:g}" if args.spacing else "")
+            + (f" --widths {' '.join(map(str, args.widths))}" if args.widths else "")
             + "".join(" --" + option.replace("_", "-") for option in ANATOMY_OPTIONS if getattr(args, option))
         )
         args.markdown.write_text(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -340,3 +340,58 @@ class ResUNet3d(nn.Module):
 def round_up(size: Sequence[int], divisor: int) -> tuple[int, ...]:
     """Each side rounded up to a multiple of ``divisor``."""
     return tuple(-(-int(s) // divisor) * divisor for s in size)
+
+
+def widened(network: ResUNet3d, widths: Sequence[int]) -> ResUNet3d:
+    """A copy of ``network`` with ``widths`` channels per level that computes the same function, so a
+    trained model can grow and go on training. Old channels keep their weights; new ones start from the
+    usual initialisation; every weight by which an old channel reads a new one starts at zero (Net2Net's
+    zero-padding widening), so the new channels join as their readers' weights move off zero.
+    A head that follows ``widths[0]`` grows with it."""
+    old = network.config
+    if len(widths) != len(old.widths) or any(wide < narrow for wide, narrow in zip(widths, old.widths)):
+        raise LiverTumorError(
+            f"widths {tuple(widths)} must keep the {len(old.widths)} levels of {old.widths}, none narrower"
+        )
+    for level in range(len(widths) - 1):
+        if old.widths[level] != old.widths[level + 1] and widths[level] == widths[level + 1]:
+            # the old 1x1x1 shortcut between these levels would become an identity and change the function
+            raise LiverTumorError(
+                f"widths {tuple(widths)}: levels {level + 1} and {level + 2} differ in {old.widths}, so they must "
+                "stay different"
+            )
+    grown = ResUNet3d(replace(old, widths=tuple(widths)))
+    levels = len(widths) - 1
+    # A decoder stage's first block reads [upsampled, skip] of its level: the old channels of each half.
+    concatenated = {
+        f"decoder.{stage}.0.{layer}.weight": levels - 1 - stage
+        for stage in range(levels)
+        for layer in ("body.0", "shortcut")
+    }
+    transposed = {f"{name}.weight" for name, module in grown.named_modules() if isinstance(module, nn.ConvTranspose3d)}
+    state = network.state_dict()
+    with torch.no_grad():
+        for name, tensor in grown.state_dict().items():
+            source = state[name]
+            in_dim = 0 if name in transposed else 1
+            positions = []
+            for dim, size in enumerate(source.shape[:2]):
+                level = concatenated.get(name) if dim == in_dim else None
+                if level is None:
+                    positions.append(torch.arange(size))
+                else:
+                    half = torch.arange(old.widths[level])
+                    positions.append(torch.cat([half, widths[level] + half]))
+            if source.ndim == 1:
+                tensor[positions[0]] = source
+                continue
+            if tensor.shape[in_dim] > source.shape[in_dim]:
+                is_new = torch.ones(tensor.shape[in_dim], dtype=torch.bool)
+                is_new[positions[in_dim]] = False
+                new_inputs, old_outputs = is_new.nonzero()[:, 0], positions[1 - in_dim]
+                if in_dim == 1:
+                    tensor[old_outputs[:, None], new_inputs[None, :]] = 0.0
+                else:
+                    tensor[new_inputs[:, None], old_outputs[None, :]] = 0.0
+            tensor[positions[0][:, None], positions[1][None, :]] = source
+    return grown
