@@ -75,7 +75,8 @@ def test_widened_network_computes_the_same_and_its_new_channels_learn():
     grown = widened(net, (6, 12, 16))
     assert grown.config.widths == (6, 12, 16) and grown.head[0].out_channels == 6
     x = torch.randn(1, 1, 8, 16, 16)
-    net.eval(), grown.eval()
+    net.eval()
+    grown.eval()
     with torch.no_grad():
         torch.testing.assert_close(grown(x), net(x), atol=1e-5, rtol=1e-5)
     assert all(torch.equal(before[name], tensor) for name, tensor in net.state_dict().items())

@@ -157,7 +157,8 @@ def main() -> None:
         # validated as the continued model segments: a best epoch picked by Dice without the card's
         # post-processing was picked by the false tumour outside the liver (docs/results/demo-model.md)
         base = replace(base, tumour_in_liver=trained.card.tumour_in_liver)
-    if args.widths:
+        base = replace(base, architecture=next(iter(networks.values())).config)
+    elif args.widths:
         base = replace(base, architecture=replace(base.architecture, widths=tuple(args.widths)))
     curves, rows = {}, []
     for name in args.variants:
