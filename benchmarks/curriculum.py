@@ -207,7 +207,7 @@ def validation_curves(out: Path, schemas: list[str], seeds: list[int], path: Pat
     box): one panel per schema, one line per seed."""
     plt = pyplot()
     columns = 1 + (len(seeds) - 1) // 12  # a legend column per 12 seeds keeps it within the panels' height
-    legend_width = 0.9 * columns
+    legend_width = 1.05 * columns
     figure, axes = plt.subplots(
         1, len(schemas), figsize=(3.2 * len(schemas) + legend_width, 3.2), sharey=True, squeeze=False
     )
