@@ -156,8 +156,9 @@ def main() -> None:
         parent = f"{trained.card.name}:{trained.card.version}"
         # validated as the continued model segments: a best epoch picked by Dice without the card's
         # post-processing was picked by the false tumour outside the liver (docs/results/demo-model.md)
-        base = replace(base, tumour_in_liver=trained.card.tumour_in_liver)
-        base = replace(base, architecture=next(iter(networks.values())).config)
+        base = replace(
+            base, tumour_in_liver=trained.card.tumour_in_liver, architecture=next(iter(networks.values())).config
+        )
     elif args.widths:
         base = replace(base, architecture=replace(base.architecture, widths=tuple(args.widths)))
     curves, rows = {}, []

@@ -388,10 +388,8 @@ def widened(network: ResUNet3d, widths: Sequence[int]) -> ResUNet3d:
             if tensor.shape[in_dim] > source.shape[in_dim]:
                 is_new = torch.ones(tensor.shape[in_dim], dtype=torch.bool)
                 is_new[positions[in_dim]] = False
-                new_inputs, old_outputs = is_new.nonzero()[:, 0], positions[1 - in_dim]
-                if in_dim == 1:
-                    tensor[old_outputs[:, None], new_inputs[None, :]] = 0.0
-                else:
-                    tensor[new_inputs[:, None], old_outputs[None, :]] = 0.0
+                reads = [positions[1 - in_dim], positions[1 - in_dim]]  # old outputs on their own dimension
+                reads[in_dim] = is_new.nonzero()[:, 0]  # reading new inputs on theirs
+                tensor[reads[0][:, None], reads[1][None, :]] = 0.0
             tensor[positions[0][:, None], positions[1][None, :]] = source
     return grown
