@@ -2,8 +2,8 @@
 
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
         [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
-        [--whole-batch 2] [--loader-workers 4] [--spacing 2.0] [--phantom-workers 16] [--lower-right-lobe]
-        [--perihepatic-fat] [--hilar-fat] [--surface-lesions]
+        [--whole-batch 2] [--loader-workers 4] [--spacing 2.0] [--block 48 80 80] [--phantom-workers 16]
+        [--lower-right-lobe] [--perihepatic-fat] [--hilar-fat] [--surface-lesions]
         [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
@@ -21,6 +21,10 @@ Variants:
   (foreground oversampling);
 * ``paper-tumour-half``: the paper's loss with x0.5 decay and the same oversampling;
 * ``paper-slow-decay``: the paper's loss with x0.5 decay per stage;
+* ``scratch-poly``: whole volumes only (the naive schema, one ``--stages`` value), the paper's loss, Adam
+  from 1e-3 annealed by the poly schedule, blocks drawn in the liver's box as in version 4's first stage:
+  validated with tumour kept to the liver as the demo model segments; meant without ``--init``, to train a
+  model from the start (e.g. on a finer grid with ``--block``);
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
@@ -41,7 +45,8 @@ Variants:
 ``--init MODEL`` starts every variant from a trained model's weights (a name, name:version or folder) and
 validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
 ``--spacing`` sets the network's grid (isotropic mm, the settings' 2.5 otherwise): with ``--init`` a model
-continued on a finer grid, to measure what its resolution costs small lesions. ``--widths`` sets the
+continued on a finer grid, to measure what its resolution costs small lesions; ``--block`` sets the blocks the
+network trains and validates on (with a finer grid, larger blocks keep the field of view). ``--widths`` sets the
 network's channels per level; with ``--init`` the model is widened so that it first computes what it did
 (``livertumor.networks.widened``), to measure what capacity buys the liver outline and small lesions.
 ``--device``, ``--whole-batch`` and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every
@@ -83,6 +88,7 @@ VARIANTS = {
     "dice-ce-tumour-half": {"loss": "dice-ce", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-tumour-half": {"loss": "weighted-dice", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
+    "scratch-poly": {**CONTINUE_POLY, "learning_rate": 1e-3, "tumour_fraction": 0.0, "tumour_in_liver": True},
     "continue-poly": CONTINUE_POLY,
     "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
     "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},
@@ -120,6 +126,9 @@ def main() -> None:
     parser.add_argument("--whole-batch", type=int, help="whole-volume blocks per step (default: the settings')")
     parser.add_argument("--loader-workers", type=int, help="data-loading processes (default: the settings')")
     parser.add_argument("--spacing", type=float, help="isotropic grid of the network, mm (default: the settings')")
+    parser.add_argument(
+        "--block", type=int, nargs=3, help="training and validation block (voxels; default: the settings')"
+    )
     parser.add_argument("--widths", type=int, nargs="+", help="channels per level (default: the settings' or --init's)")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     for option, what in ANATOMY_OPTIONS.items():
@@ -146,6 +155,8 @@ def main() -> None:
     base = replace(base, workers=base.workers if args.loader_workers is None else args.loader_workers)
     if args.spacing:
         base = replace(base, preprocess=replace(base.preprocess, spacing=(args.spacing,) * 3))
+    if args.block:
+        base = replace(base, preprocess=replace(base.preprocess, block=tuple(args.block)))
     initial, parent = None, None
     if args.init:
         trained = load_model(args.init)
@@ -204,6 +215,7 @@ def main() -> None:
             + (f" --whole-batch {args.whole_batch}" if args.whole_batch else "")
             + (f" --loader-workers {args.loader_workers}" if args.loader_workers is not None else "")
             + (f" --spacing {args.spacing:g}" if args.spacing else "")
+            + (f" --block {' '.join(map(str, args.block))}" if args.block else "")
             + (f" --widths {' '.join(map(str, args.widths))}" if args.widths else "")
             + "".join(" --" + option.replace("_", "-") for option in ANATOMY_OPTIONS if getattr(args, option))
         )
