@@ -1,13 +1,13 @@
 """What the paper's weighted Dice (eq. 1-2, eps 1) pays on blocks with and without tumour, per checkpoint.
 
-    cd benchmarks && python negative_blocks.py --data FOLDER [--spacing 2.0] CHECKPOINT [CHECKPOINT ...]
+    cd benchmarks && python negative_blocks.py --data FOLDER [--spacing 2.0] [--block 48 80 80] CHECKPOINT ...
 
-Blocks of the model's size centred on random liver-or-tumour voxels of the first ``--cases`` phantoms of
-``--data`` (near what training draws: it centres its whole-volume blocks in the labelled region's box); each
-CHECKPOINT on the ``--spacing`` grid, and the shipped demo model on its own. Printed per weights: the median
-summed tumour probability of the blocks without tumour, and the mean loss of each kind of block. A block
-without tumour earns up to a whole point of loss as its summed tumour probability falls below one voxel
-(docs/results/demo-model.md, the 2.0 mm continuation).
+Blocks of the model's size (``--block``'s for the checkpoints) centred on random liver-or-tumour voxels of
+the first ``--cases`` phantoms of ``--data`` (near what training draws: it centres its whole-volume blocks in
+the labelled region's box); each CHECKPOINT on the ``--spacing`` grid, and the shipped demo model on its
+own. Printed per weights: the median summed tumour probability of the blocks without tumour, and the mean
+loss of each kind of block. A block without tumour earns up to a whole point of loss as its summed tumour
+probability falls below one voxel (docs/results/demo-model.md, the 2.0 mm continuation).
 """
 
 from __future__ import annotations
@@ -54,12 +54,14 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--blocks", type=int, default=6, help="blocks per case")
     parser.add_argument("--spacing", type=float, default=2.0, help="the checkpoints' grid, isotropic mm")
+    parser.add_argument("--block", type=int, nargs=3, help="the checkpoints' blocks (default: the shipped model's)")
     parser.add_argument("checkpoints", nargs="+", type=Path)
     args = parser.parse_args()
     shipped = load_model("demo-curriculum")
     cases = find_cases(args.data)[: args.cases]
-    block = tuple(shipped.card.preprocess.block)
     finer = replace(shipped.card.preprocess, spacing=(args.spacing,) * 3)
+    if args.block:
+        finer = replace(finer, block=tuple(args.block))
     runs = [("shipped demo model", shipped.networks["tumour"], shipped.card.preprocess)]
     runs += [(path.name, checkpoint_network(path, shipped), finer) for path in args.checkpoints]
     print("| weights | tumour-free blocks: median summed tumour probability | their loss | tumour blocks: loss |")
@@ -69,7 +71,7 @@ def main() -> None:
         key = preprocess.spacing
         if key not in prepared:
             prepared[key] = [prepare_case(case, preprocess) for case in cases]
-        free, with_tumour = block_losses(network, prepared[key], block, args.blocks)
+        free, with_tumour = block_losses(network, prepared[key], tuple(preprocess.block), args.blocks)
         mass, loss = np.median([m for m, _ in free]), np.mean([v for _, v in free])
         print(f"| {name} | {mass:.1f} ({len(free)} blocks) | {loss:.2f} | {np.mean(with_tumour):.2f} |")
 

@@ -1,7 +1,7 @@
 """Validation curves of several training runs in one figure, from their epoch logs (``*-log.csv``):
 
     python benchmarks/plot_logs.py --out docs/results/figure.png "label one=/tmp/a/work/joint-log.csv" ...
-        [--baseline "version 5=0.374"]
+        [--baseline "version 5=0.374"] [--ylabel TEXT]
 
 Each log's validation tumour Dice global per epoch (``path@column`` plots another column of the log, e.g.
 ``@dg_raw``, the Dice without the card's post-processing); ``--baseline`` draws a labelled horizontal line
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("logs", nargs="+", type=labelled, help="label=path of an epoch log")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--baseline", type=labelled, action="append", default=[], help="label=Dice")
+    parser.add_argument("--ylabel", default="validation tumour Dice global", help="for logs plotting other columns")
     args = parser.parse_args()
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -41,7 +42,7 @@ def main() -> None:
     for (label, value), style in zip(args.baseline, ["--", ":", "-."] * len(args.baseline)):
         axis.axhline(float(value), color="grey", linestyle=style, label=label)
     axis.set_xlabel("epoch")
-    axis.set_ylabel("validation tumour Dice global")
+    axis.set_ylabel(args.ylabel)
     axis.legend(fontsize="small")
     figure.tight_layout()
     save_figure(figure, args.out)
