@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from livertumor.errors import LiverTumorError
-from livertumor.losses import dice_ce_loss, present_dice_loss, weighted_dice_loss
+from livertumor.losses import EMPTY_MAP_FLOOR, dice_ce_loss, floored_dice_loss, present_dice_loss, weighted_dice_loss
 from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig, widened
 
 
@@ -165,6 +165,23 @@ def test_present_dice_still_pushes_false_tumour_down_and_equals_the_paper_when_a
     target[0, 0, 0, 4] = 2
     mixed = torch.randn(1, 3, 4, 8, 8)
     assert present_dice_loss(mixed, target).item() == pytest.approx(weighted_dice_loss(mixed, target).item())
+
+
+def test_floored_dice_stops_rewarding_an_empty_map_below_the_floor_and_is_the_paper_above_it():
+    def gain(loss, high: float, low: float) -> float:
+        return (loss(*_tumour_free_block(high)) - loss(*_tumour_free_block(low))).item()
+
+    # below the floor the tumour term is constant: clearing the map earns only the liver term's gain
+    below = (EMPTY_MAP_FLOOR / 2, 0.01)
+    assert gain(floored_dice_loss, *below) == pytest.approx(gain(present_dice_loss, *below), abs=1e-5)
+    assert gain(weighted_dice_loss, *below) > 0.8
+    assert gain(floored_dice_loss, 5 * EMPTY_MAP_FLOOR, EMPTY_MAP_FLOOR) > 0.05  # false tumour above it still costs
+    for voxels in (EMPTY_MAP_FLOOR, 5 * EMPTY_MAP_FLOOR):
+        logits, target = _tumour_free_block(voxels)
+        assert floored_dice_loss(logits, target).item() == pytest.approx(weighted_dice_loss(logits, target).item())
+    target[0, 0, 0, 4] = 2  # a block with tumour: a small tumour map is not floored
+    logits = _tumour_free_block(1.0)[0]
+    assert floored_dice_loss(logits, target).item() == pytest.approx(weighted_dice_loss(logits, target).item())
 
 
 def test_each_volume_of_a_batch_gets_its_own_weights():

@@ -25,6 +25,8 @@ Variants:
   from 1e-3 annealed by the poly schedule, blocks drawn in the liver's box as in version 4's first stage:
   validated with tumour kept to the liver as the demo model segments; meant without ``--init``, to train a
   model from the start (e.g. on a finer grid with ``--block``);
+* ``scratch-poly-floored``: the same with ``floored-dice``, the paper's loss with no reward for clearing a
+  tumour-free block's map below 10 voxels (where the 2.0 mm run slid to an empty map);
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
@@ -80,6 +82,7 @@ CONTINUE_POLY = {
     "lr_schedule": "poly",
     "tumour_fraction": 0.25,
 }
+SCRATCH_POLY = {**CONTINUE_POLY, "learning_rate": 1e-3, "tumour_fraction": 0.0, "tumour_in_liver": True}
 VARIANTS = {
     "paper": {"loss": "weighted-dice", "stage_decay": 0.1},
     "dice-ce": {"loss": "dice-ce", "stage_decay": 0.1},
@@ -88,7 +91,8 @@ VARIANTS = {
     "dice-ce-tumour-half": {"loss": "dice-ce", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-tumour-half": {"loss": "weighted-dice", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
-    "scratch-poly": {**CONTINUE_POLY, "learning_rate": 1e-3, "tumour_fraction": 0.0, "tumour_in_liver": True},
+    "scratch-poly": SCRATCH_POLY,
+    "scratch-poly-floored": {**SCRATCH_POLY, "loss": "floored-dice"},
     "continue-poly": CONTINUE_POLY,
     "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
     "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},
