@@ -102,6 +102,7 @@ def test_finetune_makes_a_new_version_and_leaves_the_parent_alone(tiny_model, ti
     stages = read_card(tmp_path / "q").stages
     assert [s["epochs"] for s in stages] == [4, 1, 3]
     assert [s["learning_rate"] for s in stages] == pytest.approx([1e-4, 5e-5, 2.5e-5])
+    assert {s["schedule"] for s in stages} == {"step"}  # the card says how each stage's rate moved
 
 
 def test_finetune_lists_every_problem_of_the_cases(tiny_model, tiny_data, tmp_path):

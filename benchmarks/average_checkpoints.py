@@ -1,29 +1,36 @@
 """Late epochs' weights averaged into one model: a checkpoint choice that does not ride on one epoch's draw.
 
-    python benchmarks/average_checkpoints.py --model MODEL --out FOLDER CHECKPOINT [CHECKPOINT ...]
+    python benchmarks/average_checkpoints.py --model MODEL --out FOLDER [--validation DATA] CHECKPOINT ...
 
 Each CHECKPOINT is a training checkpoint (``*-last.safetensors`` or a per-epoch copy of it); their weights
 are averaged with equal shares (the network's instance norm keeps no running statistics, so an average of
 weights needs no recalibration) and saved as a new model folder with MODEL's card, its notes naming the
-checkpoints. Score it as any model: ``demo_targets.py``, ``real_scan_curve.py --model FOLDER model``.
+checkpoints. MODEL's validation figures describe other weights: with ``--validation`` (the run's validation
+cases) the average is scored as training validates and the card holds its own figures, else the card holds
+none. Score it as any model: ``demo_targets.py``, ``real_scan_curve.py --model FOLDER model``.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 from rescore_checkpoints import checkpoint_network  # the benchmarks folder is the script's path
 
+from livertumor.data import prepare_case
+from livertumor.datasets import find_cases
 from livertumor.models import load_model, save_model
+from livertumor.training import TrainConfig, Trainer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="the model whose card the checkpoints share")
     parser.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
+    parser.add_argument("--validation", type=Path, help="the run's validation cases, to score the average on")
     parser.add_argument("checkpoints", nargs="+", type=Path)
     args = parser.parse_args()
     model = load_model(args.model)
@@ -32,7 +39,16 @@ def main() -> None:
     network = networks[0]
     network.load_state_dict({key: torch.stack([state[key].float() for state in states]).mean(0) for key in states[0]})
     names = ", ".join(path.name for path in args.checkpoints)
-    card = replace(model.card, notes=f"{model.card.notes} Weights: the average of {names}.".strip())
+    validation = {}
+    if args.validation:
+        config = TrainConfig.from_json(model.card.training_data["settings"])
+        cases = [prepare_case(case, model.card.preprocess) for case in find_cases(args.validation)]
+        with tempfile.TemporaryDirectory() as work:  # validation only: the trainer writes nothing there
+            trainer = Trainer(config, cases, cases, Path(work), task="joint", initial_weights=network.state_dict())
+            validation = trainer.validate()
+        print("validation of the average:", {key: round(value, 4) for key, value in validation.items()})
+    notes = f"{model.card.notes} Weights: the average of {names}.".strip()
+    card = replace(model.card, notes=notes, validation=validation)
     print(save_model(args.out, {"tumour": network}, card))
 
 

@@ -703,7 +703,10 @@ def train_model(
         architecture=config.architecture,
         preprocess=config.preprocess,
         schema=config.schema,
-        stages=[{"kind": k, "epochs": e, "learning_rate": lr} for k, e, lr in config.stage_plan()],
+        stages=[
+            {"kind": k, "epochs": e, "learning_rate": lr, "schedule": config.lr_schedule}
+            for k, e, lr in config.stage_plan()
+        ],
         liver_margin_mm=config.liver_margin_mm,
         tumour_in_liver=config.tumour_in_liver and config.architecture.classes == 3,
         training_data={
