@@ -44,7 +44,8 @@ def main() -> None:
         config = TrainConfig.from_json(model.card.training_data["settings"])
         cases = [prepare_case(case, model.card.preprocess) for case in find_cases(args.validation)]
         with tempfile.TemporaryDirectory() as work:  # validation only: the trainer writes nothing there
-            trainer = Trainer(config, cases, cases, Path(work), task="joint", initial_weights=network.state_dict())
+            task = "joint" if model.card.architecture.classes == 3 else "tumour"  # what the network segments
+            trainer = Trainer(config, cases, cases, Path(work), task=task, initial_weights=network.state_dict())
             validation = trainer.validate()
         print("validation of the average:", {key: round(value, 4) for key, value in validation.items()})
     notes = f"{model.card.notes} Weights: the average of {names}.".strip()
