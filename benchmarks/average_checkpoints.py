@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from rescore_checkpoints import checkpoint_network  # the benchmarks folder is the script's path
 
-from livertumor.data import prepare_case
+from livertumor.data import prepare_case, task_for
 from livertumor.datasets import find_cases
 from livertumor.models import load_model, save_model
 from livertumor.training import TrainConfig, Trainer
@@ -44,7 +44,7 @@ def main() -> None:
         config = TrainConfig.from_json(model.card.training_data["settings"])
         cases = [prepare_case(case, model.card.preprocess) for case in find_cases(args.validation)]
         with tempfile.TemporaryDirectory() as work:  # validation only: the trainer writes nothing there
-            task = "joint" if model.card.architecture.classes == 3 else "tumour"  # what the network segments
+            task = task_for(model.card.architecture.classes)
             trainer = Trainer(config, cases, cases, Path(work), task=task, initial_weights=network.state_dict())
             validation = trainer.validate()
         print("validation of the average:", {key: round(value, 4) for key, value in validation.items()})
