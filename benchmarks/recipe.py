@@ -3,7 +3,7 @@
     python benchmarks/recipe.py --out /tmp/recipe [--train-cases 12] [--validation-cases 3] [--train-seed 500]
         [--stages 6 2 3] [--iterations 60] [--variants paper dice-ce dice-ce-slow-decay] [--init MODEL] [--device cuda]
         [--whole-batch 2] [--loader-workers 4] [--spacing 2.0] [--block 48 80 80] [--phantom-workers 16]
-        [--lower-right-lobe] [--perihepatic-fat] [--hilar-fat] [--surface-lesions]
+        [--lower-right-lobe] [--perihepatic-fat] [--hilar-fat] [--surface-lesions] [--seed 1]
         [--markdown docs/results/recipe.md]
 
 Every variant starts from the demo model's settings (``Resources/Models/demo-curriculum.train.json``: the
@@ -55,7 +55,8 @@ network's channels per level; with ``--init`` the model is widened so that it fi
 variant: a GPU takes bigger batches at nearly the same step time, and needs more processes sampling blocks to
 keep it fed. ``--lower-right-lobe``, ``--perihepatic-fat``, ``--hilar-fat`` and ``--surface-lesions`` give the
 training phantoms those options (``make_phantom``); the validation phantoms stay the default, so curves
-compare across runs.
+compare across runs. ``--seed`` sets the training seed (initialisation and block draws; the settings' 0
+otherwise) to measure a recipe's spread; another seed's folders are named ``model-VARIANT-seedN``.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ def main() -> None:
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     for option, what in ANATOMY_OPTIONS.items():
         parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms: {what}")
+    parser.add_argument("--seed", type=int, help="training seed (default: the settings')")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()
@@ -157,6 +159,8 @@ def main() -> None:
     base = replace(base, stage_epochs=tuple(args.stages), iterations_per_epoch=args.iterations)
     base = replace(base, device=args.device or base.device, whole_batch=args.whole_batch or base.whole_batch)
     base = replace(base, workers=base.workers if args.loader_workers is None else args.loader_workers)
+    base = replace(base, seed=base.seed if args.seed is None else args.seed)
+    suffix = "" if args.seed is None else f"-seed{args.seed}"
     if args.spacing:
         base = replace(base, preprocess=replace(base.preprocess, spacing=(args.spacing,) * 3))
     if args.block:
@@ -179,7 +183,7 @@ def main() -> None:
     curves, rows = {}, []
     for name in args.variants:
         config = replace(base, **VARIANTS[name])
-        model, work = args.out / f"model-{name}", args.out / f"work-{name}"
+        model, work = args.out / f"model-{name}{suffix}", args.out / f"work-{name}{suffix}"
         if not model.exists():  # a finished variant is read back from its log, not trained again
             train_model(train, validation, config, model, name=name, work_dir=work, initial=initial, parent=parent)
         with open(next(work.glob("*-log.csv")), newline="") as handle:
@@ -221,6 +225,7 @@ def main() -> None:
             + (f" --spacing {args.spacing:g}" if args.spacing else "")
             + (f" --block {' '.join(map(str, args.block))}" if args.block else "")
             + (f" --widths {' '.join(map(str, args.widths))}" if args.widths else "")
+            + (f" --seed {args.seed}" if args.seed is not None else "")
             + "".join(" --" + option.replace("_", "-") for option in ANATOMY_OPTIONS if getattr(args, option))
         )
         args.markdown.write_text(
