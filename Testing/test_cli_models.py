@@ -63,11 +63,18 @@ def test_train_command_writes_model_log_and_plots(tiny_data, tmp_path):
         1,
         1,
         1,
+        "--average-epochs",
+        2,
+        "--keep-epochs",
+        1,
         "--out",
         tmp_path / "model2",
     )
     assert shown.returncode == 0, shown.stderr
     assert "tumour plan: stage 1 whole: 1 epochs x 2 iterations" in shown.stderr and "left" in shown.stderr
+    assert read_card(tmp_path / "model2").training_data["settings"]["average_epochs"] == 2
+    kept = sorted(path.name for path in (tmp_path / "model2.work").glob("tumour-epoch-*"))
+    assert kept == ["tumour-epoch-002.safetensors", "tumour-epoch-003.safetensors"]  # the averaged two
 
 
 def test_train_refuses_data_without_tumour(tiny_data, tmp_path):

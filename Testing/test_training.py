@@ -264,7 +264,7 @@ def test_validation_without_tumour_reports_false_positives_and_keeps_the_last_we
     assert all(row["dg"] is None and row["false_positive_ml_tumour_free"] >= 0.0 for row in history)
     assert not trainer.best_path.exists()  # no epoch "wins" a Dice that ties at nothing
     last = {k[len("model.") :]: v for k, v in load_file(str(trainer.last_path)).items() if k.startswith("model.")}
-    assert all(torch.equal(last[k], v) for k, v in trainer.best_weights().items())
+    assert all(torch.equal(last[k], v) for k, v in trainer.final_weights().items())
 
 
 def tiny_trainer(prepared, work, **changes):
@@ -547,7 +547,7 @@ def test_weight_average_is_what_is_validated_saved_and_resumed(prepared, tmp_pat
     assert any(not torch.equal(average[k], trained[k]) for k in trained)
     # the saved weights are the validated ones: the averaged weights of the best epoch score its Dice
     check = tiny_trainer(prepared, tmp_path / "check")
-    check.model.load_state_dict(trainer.best_weights())
+    check.model.load_state_dict(trainer.final_weights())
     best = max(history, key=lambda row: row["dg"])
     scored = check.validate()
     assert (scored["dg"], scored["dc"], scored["assd"]) == pytest.approx((best["dg"], best["dc"], best["assd"]))
@@ -568,3 +568,36 @@ def test_weight_average_moves_a_fixed_share_towards_the_trained_weights(prepared
     assert tiny_trainer(prepared, tmp_path / "plain").averaged is None
     with pytest.raises(LiverTumorError, match="weight_average"):
         TrainConfig(weight_average=1.0)
+
+
+def test_average_epochs_ships_the_validated_average_of_the_kept_last_epochs(tiny_data, tmp_path):
+    """Version 7's pick in one run: the last epochs' checkpoints are kept in the work folder, the model is
+    their average, and the card holds the average's own validation, not a single epoch's."""
+    from livertumor.models import load_model
+    from livertumor.training import average_weights, checkpoint_weights
+
+    cases = find_cases(tiny_data)
+    settings = {**TINY_SETTINGS, "stage_epochs": [1, 1, 2], "iterations_per_epoch": 2}
+    config = TrainConfig.from_json({**settings, "average_epochs": 2, "keep_epochs": 3})
+    work = tmp_path / "run.work"
+    result = train_model(cases[:3], cases[3:4], config, tmp_path / "run", work_dir=work)
+    kept = sorted(path.name for path in work.glob("tumour-epoch-*.safetensors"))
+    assert kept == ["tumour-epoch-002.safetensors", "tumour-epoch-003.safetensors", "tumour-epoch-004.safetensors"]
+    last_two = [checkpoint_weights(work / name) for name in kept[1:]]
+    shipped = load_model(tmp_path / "run").networks["tumour"].state_dict()
+    for key, value in shipped.items():
+        torch.testing.assert_close(value, (last_two[0][key] + last_two[1][key]) / 2)
+    assert any(not torch.equal(shipped[key], last_two[1][key]) for key in shipped)  # not the last epoch's
+    check = Trainer(config, [], [prepare_case(cases[3], config.preprocess)], tmp_path / "check")
+    check.model.load_state_dict(average_weights([work / name for name in kept[1:]]))
+    scored = check.validate()
+    assert (result.validation["dc"], result.validation["dg"]) == pytest.approx((scored["dc"], scored["dg"]))
+    # keeping more or fewer checkpoints changes no weights: the run resumes (nothing left to train)
+    again = train_model(cases[:3], cases[3:4], replace(config, keep_epochs=0), tmp_path / "again", work_dir=work)
+    assert len(again.history) == 4
+    with pytest.raises(LiverTumorError, match="average_epochs must be between 0 and the run's 4 epochs"):
+        TrainConfig.from_json({**settings, "average_epochs": 5})
+    with pytest.raises(LiverTumorError, match="keep_epochs"):
+        TrainConfig.from_json({**settings, "keep_epochs": -1})
+    with pytest.raises(LiverTumorError, match="no checkpoints"):
+        average_weights([])

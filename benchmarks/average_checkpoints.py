@@ -2,9 +2,9 @@
 
     python benchmarks/average_checkpoints.py --model MODEL --out FOLDER [--validation DATA] CHECKPOINT ...
 
-Each CHECKPOINT is a training checkpoint (``*-last.safetensors`` or a per-epoch copy of it); their weights
-are averaged with equal shares (the network's instance norm keeps no running statistics, so an average of
-weights needs no recalibration) and saved as a new model folder with MODEL's card, its notes naming the
+Each CHECKPOINT is a training checkpoint (``*-last.safetensors`` or an epoch's kept one,
+``TASK-epoch-NNN.safetensors``); their weights are averaged with equal shares (``training.average_weights``)
+and saved as a new model folder with MODEL's card, its notes naming the
 checkpoints. MODEL's validation figures describe other weights: with ``--validation`` (the run's validation
 cases) the average is scored as training validates and the card holds its own figures, else the card holds
 none. Score it as any model: ``demo_targets.py``, ``real_scan_curve.py --model FOLDER model``.
@@ -17,13 +17,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-from rescore_checkpoints import checkpoint_network  # the benchmarks folder is the script's path
-
 from livertumor.data import prepare_case, task_for
 from livertumor.datasets import find_cases
 from livertumor.models import load_model, save_model
-from livertumor.training import TrainConfig, Trainer
+from livertumor.networks import ResUNet3d
+from livertumor.training import TrainConfig, Trainer, average_weights
 
 
 def main() -> None:
@@ -34,10 +32,8 @@ def main() -> None:
     parser.add_argument("checkpoints", nargs="+", type=Path)
     args = parser.parse_args()
     model = load_model(args.model)
-    networks = [checkpoint_network(path, model) for path in args.checkpoints]
-    states = [network.state_dict() for network in networks]
-    network = networks[0]
-    network.load_state_dict({key: torch.stack([state[key].float() for state in states]).mean(0) for key in states[0]})
+    network = ResUNet3d(model.card.architecture)
+    network.load_state_dict(average_weights(args.checkpoints))
     names = ", ".join(path.name for path in args.checkpoints)
     validation = {}
     if args.validation:

@@ -57,6 +57,9 @@ keep it fed. ``--lower-right-lobe``, ``--perihepatic-fat``, ``--hilar-fat`` and 
 training phantoms those options (``make_phantom``); the validation phantoms stay the default, so curves
 compare across runs. ``--seed`` sets the training seed (initialisation and block draws; the settings' 0
 otherwise) to measure a recipe's spread; another seed's folders are named ``model-VARIANT-seedN``.
+``--average-epochs N`` makes each model the average of its last N epochs' weights (version 7's pick: 8), and
+``--keep-epochs N`` keeps the last N epochs' checkpoints in ``work-VARIANT`` (``joint-epoch-NNN.safetensors``)
+for ``real_scan_curve.py``.
 """
 
 from __future__ import annotations
@@ -73,7 +76,7 @@ from livertumor.models import load_model
 from livertumor.networks import widened
 from livertumor.phantom import ANATOMY_OPTIONS, write_phantom_dataset
 from livertumor.plotting import pyplot, save_figure
-from livertumor.training import TrainConfig, train_model
+from livertumor.training import TrainConfig, config_with, train_model
 
 SETTINGS = Path(__file__).resolve().parents[1] / "Resources/Models/demo-curriculum.train.json"
 CONTINUE_POLY = {
@@ -139,6 +142,8 @@ def main() -> None:
     for option, what in ANATOMY_OPTIONS.items():
         parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms: {what}")
     parser.add_argument("--seed", type=int, help="training seed (default: the settings')")
+    parser.add_argument("--average-epochs", type=int, help="the model is the average of the last N epochs' weights")
+    parser.add_argument("--keep-epochs", type=int, help="keep the last N epochs' checkpoints in the work folder")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()
@@ -161,6 +166,7 @@ def main() -> None:
     base = replace(base, workers=base.workers if args.loader_workers is None else args.loader_workers)
     base = replace(base, seed=base.seed if args.seed is None else args.seed)
     suffix = "" if args.seed is None else f"-seed{args.seed}"
+    base = config_with(base, average_epochs=args.average_epochs, keep_epochs=args.keep_epochs)
     if args.spacing:
         base = replace(base, preprocess=replace(base.preprocess, spacing=(args.spacing,) * 3))
     if args.block:
@@ -226,6 +232,8 @@ def main() -> None:
             + (f" --block {' '.join(map(str, args.block))}" if args.block else "")
             + (f" --widths {' '.join(map(str, args.widths))}" if args.widths else "")
             + (f" --seed {args.seed}" if args.seed is not None else "")
+            + (f" --average-epochs {args.average_epochs}" if args.average_epochs else "")
+            + (f" --keep-epochs {args.keep_epochs}" if args.keep_epochs else "")
             + "".join(" --" + option.replace("_", "-") for option in ANATOMY_OPTIONS if getattr(args, option))
         )
         args.markdown.write_text(

@@ -327,6 +327,8 @@ def _train_config(args: argparse.Namespace):
         seed=args.seed,
         device=args.device,
         workers=args.workers,
+        average_epochs=args.average_epochs,
+        keep_epochs=args.keep_epochs,
     )
 
 
@@ -879,6 +881,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=_json_file, help="JSON training settings (see Resources/Models/*.train.json)")
     train.add_argument(
         "--stage-epochs", type=_number(int, 0, 100_000), nargs="+", help="epochs of each stage, e.g. 10 5 10"
+    )
+    train.add_argument(
+        "--average-epochs",
+        type=_number(int, 0, 100_000),
+        help="the model is the average of the last N epochs' weights, not the best validated epoch",
+    )
+    train.add_argument(
+        "--keep-epochs",
+        type=_number(int, 0, 100_000),
+        help="keep the checkpoint after each of the last N epochs in the work folder (TASK-epoch-NNN.safetensors)",
     )
     train.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
     train.add_argument("--name", default="curriculum", help="model name in its card (default curriculum)")

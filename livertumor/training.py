@@ -4,12 +4,13 @@ Schemas (Li et al., Sec. III-B): ``three-stage`` (whole volumes -> tumour patche
 ``whole-to-patch``, ``patch-to-whole``, ``naive`` (whole volumes only) and ``cascade`` (a liver
 network, then a tumour network trained on the liver's box). Adam at 1e-3, multiplied by 0.1 at each new
 stage; the weighted Dice loss; validation with ``livertumor.metrics`` after every epoch; best and last
-checkpoints. A checkpoint is one safetensors file (weights, Adam's moments, progress) replaced
-atomically at the end of each epoch; since every sample is drawn from ``(seed, stage, epoch, index)``, a
-run killed at any moment and resumed ends with the same weights as one never interrupted.
+checkpoints, and optionally the last epochs' (``keep_epochs``; ``average_epochs`` ships their average).
+A checkpoint is one safetensors file (weights, Adam's moments, progress) replaced atomically at the end of
+each epoch; since every sample is drawn from ``(seed, stage, epoch, index)``, a run killed at any moment
+and resumed ends with the same weights as one never interrupted.
 
-Distributed: under ``torchrun`` the run uses DistributedDataParallel (gloo on CPU, nccl on GPU); each
-rank draws its share of each epoch's samples, rank 0 validates and writes files.
+Distributed: under ``torchrun`` the run uses DistributedDataParallel (gloo on CPU, nccl on GPU); each rank
+draws its share of each epoch's samples, rank 0 validates and writes files.
 """
 
 from __future__ import annotations
@@ -125,6 +126,13 @@ class TrainConfig:
     #: weights jitter from step to step; 0.999 averages over about the last 1,000 steps (continuing the
     #: demo model it did not help: docs/results/demo-model.md).
     weight_average: float = 0.0
+    #: Ship the equal-share average of the last N epochs' weights instead of the best validated epoch
+    #: (0), and validate the average for the card: a pick that does not ride on one epoch's draw (the
+    #: demo model's version 7 averages its last 8 of 64; docs/results/demo-model.md).
+    average_epochs: int = 0
+    #: Keep the checkpoint after each of the last N epochs in the work folder (``TASK-epoch-NNN``, the
+    #: epoch counted over all stages), to score epochs afterwards; at least ``average_epochs`` are kept.
+    keep_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.schema not in SCHEMAS:
@@ -135,6 +143,13 @@ class TrainConfig:
             raise LiverTumorError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.weight_average < 1.0:
             raise LiverTumorError(f"weight_average must be in [0, 1), got {self.weight_average}")
+        if self.keep_epochs < 0:
+            raise LiverTumorError(f"keep_epochs must be 0 or more, got {self.keep_epochs}")
+        total = sum(epochs for _, epochs, _ in self.stage_plan())
+        if not 0 <= self.average_epochs <= total:
+            raise LiverTumorError(
+                f"average_epochs must be between 0 and the run's {total} epochs, got {self.average_epochs}"
+            )
 
     def stage_plan(self) -> list[tuple[str, int, float]]:
         """``(kind, epochs, learning rate)`` per stage."""
@@ -252,6 +267,18 @@ def checkpoint_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     tensors = load_file(str(path))
     averaged = any(key.startswith(AVERAGE) for key in tensors)
     return _with_prefix(tensors, AVERAGE if averaged else "model.")
+
+
+def average_weights(paths: Sequence[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """The equal-share average of checkpoints' network weights (:func:`checkpoint_weights`). The
+    network's instance norm keeps no running statistics, so an average needs no recalibration."""
+    if not paths:
+        raise LiverTumorError("no checkpoints to average")
+    states = [checkpoint_weights(path) for path in paths]
+    return {
+        key: torch.stack([state[key].float() for state in states]).mean(0).to(value.dtype)
+        for key, value in states[0].items()
+    }
 
 
 def _prefixed(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -446,6 +473,9 @@ class Trainer:
                         progress["best"] = score
                         save_checkpoint(self.best_path, self.model, self.optimizer, progress, self.averaged)
                     save_checkpoint(self.last_path, self.model, self.optimizer, progress, self.averaged)
+                    finished = len(progress["history"])
+                    if finished > total_epochs - max(self.config.keep_epochs, self.config.average_epochs):
+                        save_checkpoint(self.epoch_path(finished), self.model, self.optimizer, progress, self.averaged)
                     self._write_log(progress["history"])
                 self._emit(event="epoch", done=len(progress["history"]), total=total_epochs, **row)
             progress["epoch"] = 0
@@ -463,12 +493,18 @@ class Trainer:
         for average, current in zip(self.averaged.buffers(), self.model.buffers()):
             average.copy_(current)
 
+    def epoch_path(self, epoch: int) -> Path:
+        """Where the checkpoint after ``epoch`` (1-based, over all stages) is kept (``keep_epochs``)."""
+        return self.work_dir / f"{self.task}-epoch-{epoch:03d}.safetensors"
+
     @torch.no_grad()
-    def validate(self) -> dict:
-        """Whole-volume sliding-window inference on the validation cases, on the network's grid."""
+    def validate(self, network: torch.nn.Module | None = None) -> dict:
+        """Whole-volume sliding-window inference on the validation cases, on the network's grid: of
+        ``network``, else of the weights a checkpoint saves as the model."""
         if not self.validation_cases:
             return {}
-        network = self.model if self.averaged is None else self.averaged  # what is saved is what is scored
+        if network is None:
+            network = self.model if self.averaged is None else self.averaged
         stats, raw_stats, rows, small_found, small_total, free_ml, has_tumour = [], [], [], 0, 0, 0.0, False
         post_process = self.task == "joint" and self.config.tumour_in_liver
         for case in self.validation_cases:
@@ -524,8 +560,13 @@ class Trainer:
             writer.writeheader()
             writer.writerows(history)
 
-    def best_weights(self) -> dict[str, torch.Tensor]:
-        """The best validated weights (the last ones when there was no validation)."""
+    def final_weights(self) -> dict[str, torch.Tensor]:
+        """The weights the model ships: the average of the last ``average_epochs`` epochs, else the best
+        validated ones (the last ones when there was no validation)."""
+        count = self.config.average_epochs
+        if count:
+            total = sum(epochs for _, epochs, _ in self.config.stage_plan())
+            return average_weights([self.epoch_path(epoch) for epoch in range(total - count + 1, total + 1)])
         return checkpoint_weights(self.best_path if self.best_path.exists() else self.last_path)
 
 
@@ -572,7 +613,7 @@ def _liver_crop(case: PreparedCase, margin_mm: float) -> PreparedCase:
 
 
 #: Settings that may change between a run and its resumption (where it runs, not what it learns).
-_RESUMABLE_SETTINGS = ("device", "workers")
+_RESUMABLE_SETTINGS = ("device", "workers", "keep_epochs")
 
 
 def run_fingerprint(train: Sequence[Case], validation: Sequence[Case], config: TrainConfig, parent: str | None) -> dict:
@@ -684,12 +725,17 @@ def train_model(
         distributed = trainer.distributed
         histories[role] = trainer.run()
         before[role] = trainer.before
-        weights[role] = trainer.best_weights()
+        weights[role] = trainer.final_weights()
         scored = [row for row in histories[role] if row.get("dg") is not None]
         validated = [row for row in histories[role] if "dc" in row]
-        validation_metrics[role] = (
-            max(scored, key=lambda row: row["dg"]) if scored else (validated[-1] if validated else {})
-        )
+        if config.average_epochs:
+            average = ResUNet3d(config.architecture).to(trainer.device)
+            average.load_state_dict(weights[role])
+            validation_metrics[role] = trainer.validate(average) if distributed.main else {}
+        else:
+            validation_metrics[role] = (
+                max(scored, key=lambda row: row["dg"]) if scored else (validated[-1] if validated else {})
+            )
     if not distributed.main:
         return TrainResult(None, histories.get("tumour", []), validation_metrics.get("tumour", {}))
     networks = {}
