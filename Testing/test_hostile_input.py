@@ -244,7 +244,7 @@ def test_classify_a_lesion_free_segmentation_gives_an_empty_report(tiny_data, tm
         (("train", "--data", "{tmp}", "--out", "{out}", "--config", "{tmp}/bad.json"), "invalid training settings"),
         (
             ("train", "--data", "{tmp}", "--out", "{out}", "--stage-epochs", "1", "1", "1", "--average-epochs", "4"),
-            "average_epochs must be between 0 and the run's 3 epochs, got 4",
+            "average_epochs is 4, more than the run's 3 epochs",
         ),
         (("segment", "{tmp}/raw.nii.gz", "-o", "{out}"), "not gzip"),
         (("segment", "{tmp}/empty.nii.gz", "-o", "{out}"), "cannot read"),

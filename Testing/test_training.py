@@ -595,9 +595,13 @@ def test_average_epochs_ships_the_validated_average_of_the_kept_last_epochs(tiny
     # keeping more or fewer checkpoints changes no weights: the run resumes (nothing left to train)
     again = train_model(cases[:3], cases[3:4], replace(config, keep_epochs=0), tmp_path / "again", work_dir=work)
     assert len(again.history) == 4
-    with pytest.raises(LiverTumorError, match="average_epochs must be between 0 and the run's 4 epochs"):
-        TrainConfig.from_json({**settings, "average_epochs": 5})
-    with pytest.raises(LiverTumorError, match="keep_epochs"):
+    with pytest.raises(LiverTumorError, match="average_epochs is 5, more than the run's 4 epochs"):
+        train_model(cases[:3], cases[3:4], replace(config, average_epochs=5), tmp_path / "over", work_dir=work)
+    assert not (tmp_path / "over").exists()
+    with pytest.raises(LiverTumorError, match="keep_epochs and average_epochs must be 0 or more"):
         TrainConfig.from_json({**settings, "keep_epochs": -1})
+    # settings are checked against the plan when it is made, so they may pass through inconsistent states
+    partial = replace(TrainConfig(), stage_epochs=(3,), average_epochs=2)
+    assert replace(partial, schema="naive").stage_plan() == [("whole", 3, partial.learning_rate)]
     with pytest.raises(LiverTumorError, match="no checkpoints"):
         average_weights([])

@@ -318,7 +318,7 @@ def _train_config(args: argparse.Namespace):
     config = TrainConfig()
     if args.config:
         config = TrainConfig.from_json(args.config)
-    return config_with(
+    config = config_with(
         config,
         schema=args.schema,
         epochs=args.epochs,
@@ -330,6 +330,8 @@ def _train_config(args: argparse.Namespace):
         average_epochs=args.average_epochs,
         keep_epochs=args.keep_epochs,
     )
+    config.stage_plan()  # refuses stage lengths that do not fit the schema before the data is read
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:

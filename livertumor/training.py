@@ -143,12 +143,9 @@ class TrainConfig:
             raise LiverTumorError(f"unknown lr_schedule {self.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         if not 0.0 <= self.weight_average < 1.0:
             raise LiverTumorError(f"weight_average must be in [0, 1), got {self.weight_average}")
-        if self.keep_epochs < 0:
-            raise LiverTumorError(f"keep_epochs must be 0 or more, got {self.keep_epochs}")
-        total = sum(epochs for _, epochs, _ in self.stage_plan())
-        if not 0 <= self.average_epochs <= total:
+        if self.keep_epochs < 0 or self.average_epochs < 0:
             raise LiverTumorError(
-                f"average_epochs must be between 0 and the run's {total} epochs, got {self.average_epochs}"
+                f"keep_epochs and average_epochs must be 0 or more, got {self.keep_epochs}, {self.average_epochs}"
             )
 
     def stage_plan(self) -> list[tuple[str, int, float]]:
@@ -157,6 +154,8 @@ class TrainConfig:
         epochs = self.stage_epochs or _split(self.epochs, len(kinds))
         if len(epochs) != len(kinds):
             raise LiverTumorError(f"schema {self.schema} has {len(kinds)} stages, got {len(epochs)} stage lengths")
+        if self.average_epochs > sum(epochs):
+            raise LiverTumorError(f"average_epochs is {self.average_epochs}, more than the run's {sum(epochs)} epochs")
         return [(k, int(e), self.learning_rate * self.stage_decay**i) for i, (k, e) in enumerate(zip(kinds, epochs))]
 
     def to_json(self) -> dict:
@@ -688,6 +687,7 @@ def train_model(
     ``validation_note`` says in the card what the validation measured (e.g. a held-out part of a case).
     """
     out = Path(out)
+    config.stage_plan()  # a plan that does not add up is refused before any case is prepared
     if config.schema == "cascade" and config.architecture.classes != 2:
         raise ValueError("the cascade's liver and tumour networks have 2 classes each")
     if out.exists():
