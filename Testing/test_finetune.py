@@ -92,8 +92,11 @@ def test_finetuned_demo_model_keeps_its_post_processing(tumour_case, tmp_path):
     assert result.returncode == 0, result.stderr
     card = read_card(tmp_path / "m")
     assert card.tumour_in_liver and card.training_data["settings"]["tumour_in_liver"]
-    # the quick preset's own schedule, not the poly one the demo model's last run used
+    # the quick preset's own schedule, not the poly one the demo model's last run used, and its best
+    # validated epoch, not the average of the last 8 that picked the demo model's weights
     assert card.training_data["settings"]["lr_schedule"] == "step"
+    assert parent.training_data["settings"]["average_epochs"] == 8
+    assert card.training_data["settings"]["average_epochs"] == 0
     assert card.parent == f"{parent.name}:{parent.version}" and card.version == f"{parent.version}.1"
 
 

@@ -147,6 +147,7 @@ def finetune(
         preprocess=card.preprocess,
         schema="cascade" if card.schema == "cascade" else "three-stage",
         tumour_in_liver=card.tumour_in_liver,  # the parent's post-processing, in validation and the new card
+        average_epochs=0,  # how the parent's weights were picked; a fine-tuned model is its best validated epoch
     )
     config = replace(config, **PRESETS[preset])
     if config.schema != "three-stage" and preset == "quick":
