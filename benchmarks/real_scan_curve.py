@@ -5,10 +5,11 @@ false), as ``livertumor segment`` gives them (the card's post-processing include
     python benchmarks/real_scan_curve.py [--model demo-curriculum] [--log WORK/joint-log.csv]
         [--figure docs/results/real-scan-curve.png] CHECKPOINT [CHECKPOINT ...]
 
-A CHECKPOINT is a training checkpoint (``*-last.safetensors``, or a copy of it per epoch named with its
-epoch number, e.g. ``epoch-7.safetensors``) or ``model`` for the model's own weights; the model's card
-gives the network and the preprocessing. With ``--log`` the figure also draws the run's validation tumour
-Dice on the phantoms, to show whether the epochs that fit the phantoms best also do best on the patient.
+A CHECKPOINT is a training checkpoint (``*-last.safetensors``, or one named with its epoch number: those a
+run keeps, ``TASK-epoch-NNN.safetensors`` with ``keep_epochs``, or a copy such as ``epoch-7.safetensors``)
+or ``model`` for the model's own weights; the model's card gives the network and the preprocessing. With
+``--log`` the figure also draws the run's validation tumour Dice on the phantoms, to show whether the epochs
+that fit the phantoms best also do best on the patient.
 """
 
 from __future__ import annotations
