@@ -481,6 +481,15 @@ def test_work_folder_of_another_run_is_refused_and_restart_discards_it(tiny_data
     # the same run resumes (nothing left to train), device changes do not matter
     resumed = train_model(cases[:3], cases[3:4], replace(config, device="auto"), tmp_path / "again", work_dir=work)
     assert [row["epoch"] for row in resumed.history] == [1, 1, 1]
+    # a run recorded before a setting existed resumes where that setting is at its default...
+    record = json.loads((work / "run.json").read_text())
+    del record["settings"]["average_epochs"]
+    (work / "run.json").write_text(json.dumps(record))
+    train_model(cases[:3], cases[3:4], config, tmp_path / "older", work_dir=work)
+    # ...and is refused where it is not
+    (work / "run.json").write_text(json.dumps(record))
+    with pytest.raises(LiverTumorError, match=r"other settings: average_epochs"):
+        train_model(cases[:3], cases[3:4], replace(config, average_epochs=1), tmp_path / "newer", work_dir=work)
     restarted = train_model(
         cases[:3], cases[3:4], replace(config, seed=7), tmp_path / "second", work_dir=work, restart=True
     )

@@ -615,6 +615,12 @@ def _liver_crop(case: PreparedCase, margin_mm: float) -> PreparedCase:
 _RESUMABLE_SETTINGS = ("device", "workers", "keep_epochs")
 
 
+#: Each setting's default, as a run's record holds settings (JSON, the resumable ones left out).
+_SETTINGS_DEFAULTS = json.loads(
+    json.dumps({k: v for k, v in TrainConfig().to_json().items() if k not in _RESUMABLE_SETTINGS})
+)
+
+
 def run_fingerprint(train: Sequence[Case], validation: Sequence[Case], config: TrainConfig, parent: str | None) -> dict:
     """What a checkpoint was made from: settings, parent model, and each case's files (path, size,
     modification time). A resume must match it exactly."""
@@ -641,6 +647,8 @@ def claim_work_dir(work: Path, fingerprint: dict, restart: bool) -> None:
     checkpoints = list(work.glob("*.safetensors")) if work.is_dir() else []
     if checkpoints and not restart:
         previous = json.loads(record.read_text()) if record.is_file() else None
+        if previous is not None:  # a setting added since the run began is its default there
+            previous["settings"] = {**_SETTINGS_DEFAULTS, **previous.get("settings", {})}
         if previous != fingerprint:
             what = "an unrecorded run" if previous is None else _difference(previous, fingerprint)
             raise LiverTumorError(
