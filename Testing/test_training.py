@@ -592,6 +592,7 @@ def test_average_epochs_ships_the_validated_average_of_the_kept_last_epochs(tiny
     result = train_model(cases[:3], cases[3:4], config, tmp_path / "run", work_dir=work)
     kept = sorted(path.name for path in work.glob("tumour-epoch-*.safetensors"))
     assert kept == ["tumour-epoch-002.safetensors", "tumour-epoch-003.safetensors", "tumour-epoch-004.safetensors"]
+    assert not any(key.startswith("optim.") for key in load_file(str(work / kept[0])))  # weights only
     last_two = [checkpoint_weights(work / name) for name in kept[1:]]
     shipped = load_model(tmp_path / "run").networks["tumour"].state_dict()
     for key, value in shipped.items():

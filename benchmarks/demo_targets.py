@@ -100,7 +100,7 @@ class ProbabilityMean(torch.nn.Module):
 def ensemble_named(name: str, models: list[str]):
     """While open, ``load_model(name)`` (and so ``segment(model=name)``) gives ``models`` as one network."""
     loaded = [models_module.load_model(model) for model in models]
-    for member in loaded[1:]:
+    for member in loaded:
         if member.card.preprocess != loaded[0].card.preprocess or set(member.networks) != {"tumour"}:
             raise SystemExit(f"{member.path}: an ensemble needs one network and the same preprocessing")
     one = replace(loaded[0], networks={"tumour": ProbabilityMean([m.networks["tumour"] for m in loaded]).eval()})

@@ -58,7 +58,7 @@ training phantoms those options (``make_phantom``); the validation phantoms stay
 compare across runs. ``--seed`` sets the training seed (initialisation and block draws; the settings' 0
 otherwise) to measure a recipe's spread; another seed's folders are named ``model-VARIANT-seedN``.
 ``--average-epochs N`` makes each model the average of its last N epochs' weights (version 7's pick: 8), and
-``--keep-epochs N`` keeps the last N epochs' checkpoints in ``work-VARIANT`` (``joint-epoch-NNN.safetensors``)
+``--keep-epochs N`` keeps the last N epochs' weights in ``work-VARIANT`` (``joint-epoch-NNN.safetensors``)
 for ``real_scan_curve.py``.
 """
 
@@ -143,7 +143,7 @@ def main() -> None:
         parser.add_argument("--" + option.replace("_", "-"), action="store_true", help=f"training phantoms: {what}")
     parser.add_argument("--seed", type=int, help="training seed (default: the settings')")
     parser.add_argument("--average-epochs", type=int, help="the model is the average of the last N epochs' weights")
-    parser.add_argument("--keep-epochs", type=int, help="keep the last N epochs' checkpoints in the work folder")
+    parser.add_argument("--keep-epochs", type=int, help="keep the last N epochs' weights in the work folder")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args()
     keep_freed_memory()

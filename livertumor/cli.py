@@ -892,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--keep-epochs",
         type=_number(int, 0, 100_000),
-        help="keep the checkpoint after each of the last N epochs in the work folder (TASK-epoch-NNN.safetensors)",
+        help="keep the weights after each of the last N epochs in the work folder (TASK-epoch-NNN.safetensors)",
     )
     train.add_argument("--out", type=Path, required=True, help="new model folder (must not exist)")
     train.add_argument("--name", default="curriculum", help="model name in its card (default curriculum)")

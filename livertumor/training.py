@@ -130,8 +130,8 @@ class TrainConfig:
     #: (0), and validate the average for the card: a pick that does not ride on one epoch's draw (the
     #: demo model's version 7 averages its last 8 of 64; docs/results/demo-model.md).
     average_epochs: int = 0
-    #: Keep the checkpoint after each of the last N epochs in the work folder (``TASK-epoch-NNN``, the
-    #: epoch counted over all stages), to score epochs afterwards; at least ``average_epochs`` are kept.
+    #: Keep the weights after each of the last N epochs in the work folder (``TASK-epoch-NNN``, the epoch
+    #: counted over all stages), to score epochs afterwards; at least ``average_epochs`` are kept.
     keep_epochs: int = 0
 
     def __post_init__(self) -> None:
@@ -157,6 +157,11 @@ class TrainConfig:
         if self.average_epochs > sum(epochs):
             raise LiverTumorError(f"average_epochs is {self.average_epochs}, more than the run's {sum(epochs)} epochs")
         return [(k, int(e), self.learning_rate * self.stage_decay**i) for i, (k, e) in enumerate(zip(kinds, epochs))]
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs of all stages together."""
+        return sum(epochs for _, epochs, _ in self.stage_plan())
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -402,7 +407,7 @@ class Trainer:
             self._emit(event="before", **progress["before"])
         self.before = progress.get("before", {})
         network = self._network()
-        total_epochs = sum(epochs for _, epochs, _ in plan)
+        total_epochs = self.config.total_epochs
         per_epoch = self.config.iterations_per_epoch
         total_steps = total_epochs * per_epoch
         first_step = (sum(e for _, e, _ in plan[: progress["stage"]]) + progress["epoch"]) * per_epoch
@@ -474,7 +479,9 @@ class Trainer:
                     save_checkpoint(self.last_path, self.model, self.optimizer, progress, self.averaged)
                     finished = len(progress["history"])
                     if finished > total_epochs - max(self.config.keep_epochs, self.config.average_epochs):
-                        save_checkpoint(self.epoch_path(finished), self.model, self.optimizer, progress, self.averaged)
+                        # the weights only (a third of a checkpoint): kept to score and average, not to resume
+                        with atomic_path(self.epoch_path(finished)) as temporary:
+                            save_file(_prefixed(self.saved_network.state_dict(), "model."), str(temporary))
                     self._write_log(progress["history"])
                 self._emit(event="epoch", done=len(progress["history"]), total=total_epochs, **row)
             progress["epoch"] = 0
@@ -492,6 +499,11 @@ class Trainer:
         for average, current in zip(self.averaged.buffers(), self.model.buffers()):
             average.copy_(current)
 
+    @property
+    def saved_network(self) -> torch.nn.Module:
+        """The network whose weights a checkpoint saves as the model (the average, if one is kept)."""
+        return self.model if self.averaged is None else self.averaged
+
     def epoch_path(self, epoch: int) -> Path:
         """Where the checkpoint after ``epoch`` (1-based, over all stages) is kept (``keep_epochs``)."""
         return self.work_dir / f"{self.task}-epoch-{epoch:03d}.safetensors"
@@ -503,7 +515,7 @@ class Trainer:
         if not self.validation_cases:
             return {}
         if network is None:
-            network = self.model if self.averaged is None else self.averaged
+            network = self.saved_network
         stats, raw_stats, rows, small_found, small_total, free_ml, has_tumour = [], [], [], 0, 0, 0.0, False
         post_process = self.task == "joint" and self.config.tumour_in_liver
         for case in self.validation_cases:
@@ -562,9 +574,8 @@ class Trainer:
     def final_weights(self) -> dict[str, torch.Tensor]:
         """The weights the model ships: the average of the last ``average_epochs`` epochs, else the best
         validated ones (the last ones when there was no validation)."""
-        count = self.config.average_epochs
+        count, total = self.config.average_epochs, self.config.total_epochs
         if count:
-            total = sum(epochs for _, epochs, _ in self.config.stage_plan())
             return average_weights([self.epoch_path(epoch) for epoch in range(total - count + 1, total + 1)])
         return checkpoint_weights(self.best_path if self.best_path.exists() else self.last_path)
 
@@ -695,9 +706,9 @@ def train_model(
     ``validation_note`` says in the card what the validation measured (e.g. a held-out part of a case).
     """
     out = Path(out)
-    config.stage_plan()  # a plan that does not add up is refused before any case is prepared
     if config.schema == "cascade" and config.architecture.classes != 2:
         raise ValueError("the cascade's liver and tumour networks have 2 classes each")
+    config.stage_plan()  # a plan that does not add up is refused before any case is prepared
     if out.exists():
         from .models import ModelExistsError
 
@@ -734,13 +745,13 @@ def train_model(
         histories[role] = trainer.run()
         before[role] = trainer.before
         weights[role] = trainer.final_weights()
-        scored = [row for row in histories[role] if row.get("dg") is not None]
-        validated = [row for row in histories[role] if "dc" in row]
         if config.average_epochs:
             average = ResUNet3d(config.architecture).to(trainer.device)
             average.load_state_dict(weights[role])
             validation_metrics[role] = trainer.validate(average) if distributed.main else {}
         else:
+            scored = [row for row in histories[role] if row.get("dg") is not None]
+            validated = [row for row in histories[role] if "dc" in row]
             validation_metrics[role] = (
                 max(scored, key=lambda row: row["dg"]) if scored else (validated[-1] if validated else {})
             )
