@@ -580,7 +580,7 @@ def test_weight_average_moves_a_fixed_share_towards_the_trained_weights(prepared
 
 
 def test_average_epochs_ships_the_validated_average_of_the_kept_last_epochs(tiny_data, tmp_path):
-    """Version 7's pick in one run: the last epochs' checkpoints are kept in the work folder, the model is
+    """Version 7's pick in one run: the last epochs' weights are kept in the work folder, the model is
     their average, and the card holds the average's own validation, not a single epoch's."""
     from livertumor.models import load_model
     from livertumor.training import average_weights, checkpoint_weights
@@ -602,7 +602,7 @@ def test_average_epochs_ships_the_validated_average_of_the_kept_last_epochs(tiny
     check.model.load_state_dict(average_weights([work / name for name in kept[1:]]))
     scored = check.validate()
     assert (result.validation["dc"], result.validation["dg"]) == pytest.approx((scored["dc"], scored["dg"]))
-    # keeping more or fewer checkpoints changes no weights: the run resumes (nothing left to train)
+    # keeping more or fewer epochs' weights changes no weights: the run resumes (nothing left to train)
     again = train_model(cases[:3], cases[3:4], replace(config, keep_epochs=0), tmp_path / "again", work_dir=work)
     assert len(again.history) == 4
     with pytest.raises(LiverTumorError, match="average_epochs is 5, more than the run's 4 epochs"):
