@@ -159,6 +159,50 @@ def test_augmentation_keeps_shape_and_labels():
     assert same_image is image and same_target is target
 
 
+def test_scanner_augmentations_each_change_the_image_as_a_scanner_would():
+    """Each of nnU-Net's intensity changes alone, on a slab of liver grey beside fat grey with noise:
+    noise and blur move the voxel-to-voxel spread the right way, contrast and gamma keep the block's
+    range and every voxel's rank, a coarser grid correlates neighbours; labels never move. With their
+    probabilities at 0 they draw nothing, so earlier settings give the samples they gave."""
+    from livertumor.data import SCANNER_AUGMENTATION
+
+    rng = np.random.default_rng(2)
+    image = np.full((16, 32, 32), 0.3, np.float32)
+    image[:, :, 16:] = 0.55  # fat | liver
+    image += rng.normal(0.0, 0.05, image.shape).astype(np.float32)
+    target = (image > 0.45).astype(np.uint8)
+    still = Augmentation(rotate_degrees=0.0, scale=(1.0, 1.0), intensity_scale=0.0, intensity_shift=0.0)
+
+    def alone(**change) -> np.ndarray:
+        out, out_target = replace(still, **change).apply(image, target, np.random.default_rng(5))
+        assert out.shape == image.shape and out.dtype == np.float32 and out_target is not None
+        np.testing.assert_array_equal(out_target, target)
+        return out
+
+    def grain(array: np.ndarray) -> float:  # voxel-to-voxel spread along x within each half
+        return float(np.diff(array[:, :, 2:14], axis=2).std())
+
+    noisy = alone(noise_probability=1.0)
+    assert grain(image) < grain(noisy) < grain(image) * np.sqrt(1 + (0.05 / 0.05) ** 2) * 1.05
+    assert grain(alone(blur_probability=1.0)) < 0.7 * grain(image)
+    for changed in (
+        alone(contrast_probability=1.0, contrast=(0.75, 0.8)),
+        alone(gamma_probability=1.0, gamma=(1.4, 1.5)),
+    ):
+        assert changed.min() >= image.min() - 1e-6 and changed.max() <= image.max() + 1e-6
+        assert np.abs(changed - image).max() > 0.01
+        assert np.diff(changed.ravel()[np.argsort(image, None)]).min() >= -1e-6  # no voxel passes another
+
+    def neighbours(array: np.ndarray) -> float:  # correlation of x-neighbours within the fat half
+        return float(np.corrcoef(array[:, :, 2:13].ravel(), array[:, :, 3:14].ravel())[0, 1])
+
+    assert neighbours(image) < 0.1 < 0.4 < neighbours(alone(low_resolution_probability=1.0, low_resolution=(2.0, 2.0)))
+    plain = still.apply(image, target, np.random.default_rng(5))[0]
+    unused = replace(still, noise_sd=0.5, gamma=(2.0, 3.0)).apply(image, target, np.random.default_rng(5))[0]
+    np.testing.assert_array_equal(plain, unused)
+    assert SCANNER_AUGMENTATION.apply(image, target, np.random.default_rng(5))[0].shape == image.shape
+
+
 def test_soft_labels_are_each_class_share_of_the_coarser_voxel(tiny_data):
     """On a grid coarser than the case's, a voxel the liver's outline cuts is part liver; the shares keep
     the liver's volume, which labels rounded to the coarse grid do not."""
@@ -484,6 +528,7 @@ def test_work_folder_of_another_run_is_refused_and_restart_discards_it(tiny_data
     # a run recorded before a setting existed resumes where that setting is at its default...
     record = json.loads((work / "run.json").read_text())
     del record["settings"]["average_epochs"]
+    del record["settings"]["augmentation"]["gamma_probability"]  # settings within a group, too
     (work / "run.json").write_text(json.dumps(record))
     train_model(cases[:3], cases[3:4], config, tmp_path / "older", work_dir=work)
     # ...and is refused where it is not

@@ -27,6 +27,9 @@ Variants:
   model from the start (e.g. on a finer grid with ``--block``);
 * ``scratch-poly-floored``: the same with ``floored-dice``, the paper's loss with no reward for clearing a
   tumour-free block's map below 10 voxels (where the 2.0 mm run slid to an empty map);
+* ``scratch-poly-floored-scanner``: the same with nnU-Net's intensity augmentations (noise, blur, contrast,
+  coarser grid, gamma; ``data.SCANNER_AUGMENTATION``), so that the network does not learn the phantoms'
+  exact grey levels;
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
@@ -70,6 +73,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from livertumor.data import SCANNER_AUGMENTATION
 from livertumor.datasets import find_cases
 from livertumor.memory import keep_freed_memory
 from livertumor.models import load_model
@@ -97,6 +101,7 @@ VARIANTS = {
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
     "scratch-poly": SCRATCH_POLY,
     "scratch-poly-floored": {**SCRATCH_POLY, "loss": "floored-dice"},
+    "scratch-poly-floored-scanner": {**SCRATCH_POLY, "loss": "floored-dice", "augmentation": SCANNER_AUGMENTATION},
     "continue-poly": CONTINUE_POLY,
     "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
     "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},

@@ -144,6 +144,15 @@ class Augmentation:
     Flips are off by default: the liver lies on the patient's right, and a network that segments
     without a liver mask uses that context. Rotations are about the slice axis only (patients lie on
     their back), scalings mimic body size, intensity jitter mimics contrast timing and scanners.
+
+    The scanner changes (each applied with its probability, all 0 by default so that earlier settings
+    replay as they were) are nnU-Net's intensity augmentations, with its probabilities and ranges in
+    :data:`SCANNER_AUGMENTATION`, on the windowed image (1 = the window's 200 HU): white noise of sd
+    up to ``noise_sd`` (dose), a Gaussian blur of ``blur_sigma`` voxels (softer kernels, thicker
+    slices), contrast about the block's mean scaled by ``contrast`` (how far organs stand apart), a
+    coarser grid by ``low_resolution`` (resampled down and back), and a gamma curve ``gamma`` (moves
+    mid-grey tissue against fat and bone). Phantoms draw one tissue table per phase; these changes
+    are what keeps a network from learning its exact grey levels.
     """
 
     enabled: bool = True
@@ -152,6 +161,16 @@ class Augmentation:
     intensity_scale: float = 0.1
     intensity_shift: float = 0.05
     flip_axes: tuple[int, ...] = ()
+    noise_probability: float = 0.0
+    noise_sd: float = 0.05
+    blur_probability: float = 0.0
+    blur_sigma: tuple[float, float] = (0.5, 1.0)
+    contrast_probability: float = 0.0
+    contrast: tuple[float, float] = (0.75, 1.25)
+    low_resolution_probability: float = 0.0
+    low_resolution: tuple[float, float] = (1.0, 2.0)
+    gamma_probability: float = 0.0
+    gamma: tuple[float, float] = (0.7, 1.5)
 
     def apply(self, image: np.ndarray, target: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augment one ``(D, H, W)`` sample; returns new arrays of the same shape. ``target``: a class map
@@ -176,10 +195,47 @@ class Augmentation:
                 target = _sample(target.astype(np.float32), grid, "nearest").astype(target.dtype)
         image = image * np.float32(1 + rng.uniform(-self.intensity_scale, self.intensity_scale))
         image = image + np.float32(rng.uniform(-self.intensity_shift, self.intensity_shift))
+        image = self._scanner(image, rng)
         for axis in self.flip_axes:
             if rng.random() < 0.5:
                 image, target = np.flip(image, axis), np.flip(target, axis + soft)
         return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(target)
+
+    def _scanner(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The scanner changes, in nnU-Net's order; a change with probability 0 draws nothing."""
+
+        def drawn(probability: float) -> bool:
+            return probability > 0 and rng.random() < probability
+
+        if drawn(self.noise_probability):
+            sd = rng.uniform(0.0, self.noise_sd)
+            image = image + rng.standard_normal(image.shape, dtype=np.float32) * np.float32(sd)
+        if drawn(self.blur_probability):
+            image = ndimage.gaussian_filter(image, rng.uniform(*self.blur_sigma, size=3), truncate=3.0)
+        if drawn(self.contrast_probability):
+            low, high, mean = image.min(), image.max(), image.mean()
+            image = np.clip((image - mean) * np.float32(rng.uniform(*self.contrast)) + mean, low, high)
+        if drawn(self.low_resolution_probability):
+            coarse = [max(1, round(n / rng.uniform(*self.low_resolution))) for n in image.shape]
+            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+            tensor = torch.nn.functional.interpolate(tensor, size=coarse, mode="nearest")
+            image = torch.nn.functional.interpolate(tensor, size=image.shape, mode="trilinear")[0, 0].numpy()
+        if drawn(self.gamma_probability):
+            low, high = image.min(), image.max()
+            span = max(float(high - low), 1e-6)
+            image = ((image - low) / span) ** np.float32(rng.uniform(*self.gamma)) * span + low
+        return image
+
+
+#: nnU-Net's intensity augmentations (its default probabilities and ranges; noise sd 0.05 = 10 HU, about
+#: the phantoms' own noise): for networks that must meet real scans after training on phantoms.
+SCANNER_AUGMENTATION = Augmentation(
+    noise_probability=0.1,
+    blur_probability=0.2,
+    contrast_probability=0.15,
+    low_resolution_probability=0.25,
+    gamma_probability=0.3,
+)
 
 
 #: A tumour lies at the liver's surface when at least this share of the voxels around it is background.

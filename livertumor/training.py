@@ -632,6 +632,15 @@ _SETTINGS_DEFAULTS = json.loads(
 )
 
 
+def _with_defaults(settings: dict, defaults: dict) -> dict:
+    """``settings`` with every key of ``defaults`` it lacks, nested groups (augmentation) key by key."""
+    merged = {**defaults, **settings}
+    for key, value in defaults.items():
+        if isinstance(value, dict) and isinstance(settings.get(key), dict):
+            merged[key] = _with_defaults(settings[key], value)
+    return merged
+
+
 def run_fingerprint(train: Sequence[Case], validation: Sequence[Case], config: TrainConfig, parent: str | None) -> dict:
     """What a checkpoint was made from: settings, parent model, and each case's files (path, size,
     modification time). A resume must match it exactly."""
@@ -659,7 +668,7 @@ def claim_work_dir(work: Path, fingerprint: dict, restart: bool) -> None:
     if checkpoints and not restart:
         previous = json.loads(record.read_text()) if record.is_file() else None
         if previous is not None:  # a setting added since the run began is its default there
-            previous["settings"] = {**_SETTINGS_DEFAULTS, **previous.get("settings", {})}
+            previous["settings"] = _with_defaults(previous.get("settings", {}), _SETTINGS_DEFAULTS)
         if previous != fingerprint:
             what = "an unrecorded run" if previous is None else _difference(previous, fingerprint)
             raise LiverTumorError(
