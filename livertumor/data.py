@@ -227,8 +227,9 @@ class Augmentation:
         return image
 
 
-#: nnU-Net's intensity augmentations (its default probabilities and ranges; noise sd 0.05 = 10 HU, about
-#: the phantoms' own noise): for networks that must meet real scans after training on phantoms.
+#: nnU-Net's intensity augmentations with its default probabilities and ranges, but for the noise: its sd
+#: is up to 0.05 of the window (10 HU, about the phantoms' own 12 HU), where nnU-Net's is in units of an
+#: image normalised to unit sd. For networks that must meet real scans after training on phantoms.
 SCANNER_AUGMENTATION = Augmentation(
     noise_probability=0.1,
     blur_probability=0.2,
