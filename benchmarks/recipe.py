@@ -30,6 +30,8 @@ Variants:
 * ``scratch-poly-floored-scanner``: the same with nnU-Net's intensity augmentations (noise, blur, contrast,
   coarser grid, gamma; ``data.SCANNER_AUGMENTATION``), so that the network does not learn the phantoms'
   exact grey levels;
+* ``scratch-poly-floored-imaging``: the same with only the imaging chain's part of them (noise, blur, coarser
+  grid), which leave the tissues' grey levels where they are;
 * ``continue-poly``: whole volumes only (one stage, give one ``--stages`` value), the paper's loss, Adam from
   5e-4 annealed by the poly schedule, a quarter of the blocks around a tumour: meant with ``--init``, to
   continue a trained model;
@@ -102,6 +104,11 @@ VARIANTS = {
     "scratch-poly": SCRATCH_POLY,
     "scratch-poly-floored": {**SCRATCH_POLY, "loss": "floored-dice"},
     "scratch-poly-floored-scanner": {**SCRATCH_POLY, "loss": "floored-dice", "augmentation": SCANNER_AUGMENTATION},
+    "scratch-poly-floored-imaging": {
+        **SCRATCH_POLY,
+        "loss": "floored-dice",
+        "augmentation": replace(SCANNER_AUGMENTATION, contrast_probability=0.0, gamma_probability=0.0),
+    },
     "continue-poly": CONTINUE_POLY,
     "continue-poly-dice-ce": {**CONTINUE_POLY, "loss": "dice-ce"},
     "continue-poly-present-dice": {**CONTINUE_POLY, "loss": "present-dice"},
