@@ -182,8 +182,8 @@ def test_scanner_augmentations_each_change_the_image_as_a_scanner_would():
     def grain(array: np.ndarray) -> float:  # voxel-to-voxel spread along x within each half
         return float(np.diff(array[:, :, 2:14], axis=2).std())
 
-    noisy = alone(noise_probability=1.0)
-    assert grain(image) < grain(noisy) < grain(image) * np.sqrt(1 + (0.05 / 0.05) ** 2) * 1.05
+    noisy = alone(noise_probability=1.0)  # at most still.noise_sd more, on the image's own sd of 0.05
+    assert grain(image) < grain(noisy) < grain(image) * np.sqrt(1 + (still.noise_sd / 0.05) ** 2) * 1.05
     assert grain(alone(blur_probability=1.0)) < 0.7 * grain(image)
     for changed in (
         alone(contrast_probability=1.0, contrast=(0.75, 0.8)),

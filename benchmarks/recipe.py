@@ -93,6 +93,7 @@ CONTINUE_POLY = {
     "tumour_fraction": 0.25,
 }
 SCRATCH_POLY = {**CONTINUE_POLY, "learning_rate": 1e-3, "tumour_fraction": 0.0, "tumour_in_liver": True}
+SCRATCH_POLY_FLOORED = {**SCRATCH_POLY, "loss": "floored-dice"}
 VARIANTS = {
     "paper": {"loss": "weighted-dice", "stage_decay": 0.1},
     "dice-ce": {"loss": "dice-ce", "stage_decay": 0.1},
@@ -102,11 +103,10 @@ VARIANTS = {
     "paper-tumour-half": {"loss": "weighted-dice", "stage_decay": 0.5, "tumour_fraction": 0.5},
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
     "scratch-poly": SCRATCH_POLY,
-    "scratch-poly-floored": {**SCRATCH_POLY, "loss": "floored-dice"},
-    "scratch-poly-floored-scanner": {**SCRATCH_POLY, "loss": "floored-dice", "augmentation": SCANNER_AUGMENTATION},
+    "scratch-poly-floored": SCRATCH_POLY_FLOORED,
+    "scratch-poly-floored-scanner": {**SCRATCH_POLY_FLOORED, "augmentation": SCANNER_AUGMENTATION},
     "scratch-poly-floored-imaging": {
-        **SCRATCH_POLY,
-        "loss": "floored-dice",
+        **SCRATCH_POLY_FLOORED,
         "augmentation": replace(SCANNER_AUGMENTATION, contrast_probability=0.0, gamma_probability=0.0),
     },
     "continue-poly": CONTINUE_POLY,
