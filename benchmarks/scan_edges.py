@@ -30,14 +30,6 @@ SLAB_MM = 90.0
 EXTRA_SLICES = 5  # 15 mm of the real scan's 3 mm slices: past the window's three padded 2 mm slices
 
 
-def slab(volume: Volume, start: int, depth: int) -> Volume:
-    """Slices ``start`` to ``start + depth`` of ``volume`` as a scan of their own, on the same grid points."""
-    grid = volume.grid
-    origin = np.asarray(grid.origin) + start * grid.direction[:, 2] * grid.spacing[2]
-    shape = (depth, *volume.shape[1:])
-    return Volume(volume.array[start : start + depth], Grid(shape, grid.spacing, tuple(origin), grid.direction))
-
-
 def extended_on_top(ct: Volume, how: str) -> Volume:
     """``ct`` with :data:`EXTRA_SLICES` more slices past its last: its last slice repeated, air, or mirrored."""
     if how == "air":
@@ -62,7 +54,7 @@ def main() -> None:
         depth = round(SLAB_MM / phantom.ct.grid.spacing_zyx[0])
         rows = np.flatnonzero(truth.any((1, 2)))
         start = int(np.random.default_rng(number).integers(rows[0], rows[-1] - depth + 1))
-        short = slab(phantom.ct, start, depth)
+        short = phantom.ct.crop((start, 0, 0), (start + depth, *phantom.ct.shape[1:]))
         within = truth[start : start + depth]
         for model in args.models:
             full = segment(phantom.ct, model=model, device="cpu").labels.array[start : start + depth]
