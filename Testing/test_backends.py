@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from test_cli import run  # noqa: F401
+from test_ensemble import perturbed
 
 from livertumor import backends
 from livertumor.backends import GraphForward, resolve_backend
 from livertumor.errors import LiverTumorError
 from livertumor.inference import segment
 from livertumor.io import read_ct
-from livertumor.models import load_model
+from livertumor.models import combine_models, load_model
 
 GRAPH_BACKENDS = [
     pytest.param(name, marks=pytest.mark.skipif(not backends.installed(name), reason=f"{name} is not installed"))
@@ -88,6 +89,20 @@ def test_the_cache_is_used_and_rebuilt_when_stale_or_corrupt(tiny_model, backend
     assert len(compile_messages()) == 1
     assert len(compile_messages("0" * 64)) == 1  # other weights: an entry of their own
     assert len(list((tmp_path / backend).iterdir())) == 2
+
+
+@pytest.mark.parametrize("backend", GRAPH_BACKENDS)
+def test_an_ensemble_compiles_to_one_graph_of_its_members_mean(tiny_model, tiny_data, backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    ensemble = combine_models([tiny_model, perturbed(tiny_model, tmp_path / "b", 1)], tmp_path / "ensemble")
+    ct = read_ct(tiny_data / "volume-1.nii")
+    reference, compiled = (
+        segment(ct, model=ensemble, backend=name, device="cpu", probabilities=True) for name in ("torch", backend)
+    )
+    np.testing.assert_array_equal(compiled.labels.array, reference.labels.array)
+    np.testing.assert_allclose(compiled.tumour_probability.array, reference.tumour_probability.array, atol=1e-3)
+    cached = [entry.name for entry in (tmp_path / "home" / "compiled" / backend).iterdir()]
+    assert cached == [load_model(ensemble).weights_digest("tumour")[:16]]
 
 
 def test_backend_choice_and_its_errors(monkeypatch):

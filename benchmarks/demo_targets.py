@@ -15,26 +15,24 @@ blood pool, about 5 HU below the liver (42 against 47 HU, calibrated on the real
 12 HU of noise, so it is close to invisible, as on a real unenhanced CT; LiTS and the paper's data are
 contrast-enhanced.
 
-``--ensemble`` scores the models as one as well: each voxel's class probabilities averaged over them (the
-sliding window's softmax of the mean's logarithm), with the first model's card; to measure how much of a
-recipe's seed-to-seed spread is variance that averaging removes.
+``--ensemble`` scores the models as one as well (``livertumor ensemble``: each voxel's class probabilities
+averaged over them), to measure how much of a recipe's seed-to-seed spread is variance that averaging
+removes.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-from dataclasses import replace
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from recipe_evaluate import REAL, dice  # the benchmarks folder is the script's path
 
-import livertumor.models as models_module
 from livertumor.inference import segment
 from livertumor.io import read_ct, read_image
 from livertumor.metrics import dice_global, evaluate_pair
+from livertumor.models import combine_models, load_model
 from livertumor.phantom import make_phantom
 
 LESION_FREE_EVERY = 5
@@ -84,38 +82,6 @@ def phantom_figures(cases: list[tuple]) -> dict:
     }
 
 
-class ProbabilityMean(torch.nn.Module):
-    """Networks as one: the logarithm of their mean class probabilities, whose softmax is that mean."""
-
-    def __init__(self, networks: list[torch.nn.Module]) -> None:
-        super().__init__()
-        self.members = torch.nn.ModuleList(networks)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        mean = torch.stack([torch.softmax(member(image).float(), dim=1) for member in self.members]).mean(0)
-        return torch.log(mean.clamp_min(1e-12))
-
-
-@contextlib.contextmanager
-def ensemble_named(name: str, models: list[str]):
-    """While open, ``load_model(name)`` (and so ``segment(model=name)``) gives ``models`` as one network."""
-    loaded = [models_module.load_model(model) for model in models]
-    for member in loaded:
-        if member.card.preprocess != loaded[0].card.preprocess or set(member.networks) != {"tumour"}:
-            raise SystemExit(f"{member.path}: an ensemble needs one network and the same preprocessing")
-    one = replace(loaded[0], networks={"tumour": ProbabilityMean([m.networks["tumour"] for m in loaded]).eval()})
-    original = models_module.load_model
-
-    def load(model=None, device="cpu"):
-        return one if model == name else original(model, device)
-
-    models_module.load_model = load
-    try:
-        yield
-    finally:
-        models_module.load_model = original
-
-
 def score(model: str, phantoms: list, real_ct, real_liver: np.ndarray, tumour_in_liver: bool | None) -> dict:
     """The targets' figures for one model and post-processing choice."""
     figures = phantom_figures(
@@ -150,18 +116,17 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
         "| **target** | | ≥ 0.75 | | ≥ 0.9 | | ≥ 0.5 | | < 5 | ≥ 0.95 | ≥ 0.85 | < 5 |",
     ]
-    runs, members = list(args.models), contextlib.ExitStack()
-    if args.ensemble:
-        runs.append("ensemble of " + " + ".join(args.models))
-        members.enter_context(ensemble_named(runs[-1], args.models))
-    with members:
-        for model in runs:
+    runs = [(model, model) for model in args.models]
+    with tempfile.TemporaryDirectory() as folder:
+        if args.ensemble:
+            runs.append(("ensemble of " + " + ".join(args.models), combine_models(args.models, Path(folder) / "e")))
+        for title, model in runs:
             choices = [("as its card says", None)]
-            choices += [] if models_module.load_model(model).card.tumour_in_liver else [("tumour in liver", True)]
+            choices += [] if load_model(model).card.tumour_in_liver else [("tumour in liver", True)]
             for label, choice in choices:
                 r = score(model, phantoms, real_ct, real_liver, choice)
                 lines.append(
-                    f"| {model} | {label} | {r['dg']:.2f} | {r['dg_enhanced']:.2f} | {r['recall_10']:.2f} | "
+                    f"| {title} | {label} | {r['dg']:.2f} | {r['dg_enhanced']:.2f} | {r['recall_10']:.2f} | "
                     f"{r['recall_10_enhanced']:.2f} | "
                     f"{r['recall_small']:.2f} | {r['lesions']} | {r['fp_ml']:.1f} | {r['liver_dc']:.3f} | "
                     f"{r['real_liver_dc']:.3f} | {r['real_tumour_ml']:.1f} |"

@@ -592,6 +592,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .models import combine_models, read_card
+
+    out = combine_models(args.models, out=args.out, name=args.name)
+    print(f"ensemble {read_card(out).label} of {len(args.models)} models written to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     from .io import folder_lock
@@ -1028,6 +1036,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list the shipped and your own models")
     models.add_argument("--json", action="store_true", help="machine-readable list")
     models.set_defaults(run=cmd_models)
+
+    ensemble = commands.add_parser(
+        "ensemble",
+        help="combine models trained alike (e.g. with different seeds) into one that averages them",
+        description="A new model that runs MODELs as one: each voxel's class probabilities are their mean, at "
+        "the cost of running each. The models must share architecture, preprocessing and labels; each is "
+        "checksum-verified and none is changed.",
+    )
+    ensemble.add_argument("models", nargs="+", help="model names, name:version or folders (two or more)")
+    ensemble.add_argument("--name", help="the new model's name (default: the first model's name + -ensemble)")
+    ensemble.add_argument("--out", type=Path, help="new model folder (default: the user's model folder)")
+    ensemble.set_defaults(run=cmd_ensemble)
 
     demo = commands.add_parser(
         "demo",

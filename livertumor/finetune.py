@@ -134,11 +134,17 @@ def finetune(
     """
     if preset not in PRESETS:
         raise LiverTumorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    parent = load_model(model)
+    card = parent.card
+    if len(card.members()) > 1:
+        members = ", ".join(member["model"] for member in card.training_data.get("ensemble_of", []))
+        raise LiverTumorError(
+            f"{card.label} is an ensemble of {len(card.members())} networks ({members or 'members not recorded'}); "
+            "fine-tune its members one by one and combine the new versions with `livertumor ensemble`"
+        )
     problems = check_cases(cases)
     if problems:
         raise DatasetError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(problems))
-    parent = load_model(model)
-    card = parent.card
     settings = card.training_data.get("settings")
     config = TrainConfig.from_json(settings) if settings else TrainConfig()
     config = replace(

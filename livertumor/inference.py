@@ -262,7 +262,7 @@ def segment(
             network,
             backend,
             torch_device,
-            loaded.card.weights[role]["sha256"],
+            loaded.weights_digest(role),
             lambda message, index=index: report(0.05 + 0.85 * index / len(stages), message),
             precision,
         )

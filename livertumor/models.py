@@ -1,9 +1,10 @@
 """Model files and the model registry.
 
 A model is a folder: one safetensors file of weights per network (``tumour``, plus ``liver`` for the
-cascade) and ``card.json``, which says everything needed to use it again — architecture, preprocessing,
-labels, training schema and stages, training data, validation metrics, version, parent model — and
-the sha256 of each weights file, verified on every load. Nothing is pickled, no code is loaded.
+cascade; an ensemble adds its further members as ``tumour.2``, ``tumour.3``, ...) and ``card.json``,
+which says everything needed to use it again — architecture, preprocessing, labels, training schema and
+stages, training data, validation metrics, version, parent model — and the sha256 of each weights file,
+verified on every load. Nothing is pickled, no code is loaded.
 
 The registry lists shipped models (``Resources/Models``, with ``manifest.json``) and the user's own
 (``$LIVERTUMOR_HOME/models``, by default ``~/.livertumor/models``). Saving never overwrites: a folder
@@ -15,12 +16,13 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import itertools
 import json
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +36,7 @@ from torch import nn
 
 from .errors import LiverTumorError
 from .io import ordinary_permissions
-from .networks import ResUNet3d, ResUNetConfig
+from .networks import ProbabilityMean, ResUNet3d, ResUNetConfig
 from .paths import shipped_models_dir, user_models_dir
 from .preprocess import PreprocessConfig, mask_box
 from .volume import Grid
@@ -59,6 +61,12 @@ class ModelChecksumError(ModelFileError):
 
 class ModelExistsError(LiverTumorError):
     """Saving would overwrite an existing model."""
+
+
+def network_role(weights_key: str) -> str:
+    """The role a card's weights entry belongs to: ``tumour.2``, an ensemble's second tumour network, is
+    ``tumour``."""
+    return weights_key.split(".", 1)[0]
 
 
 def sha256_of(path: Path) -> str:
@@ -119,9 +127,14 @@ class ModelCard:
     #: What the registry lists this model as.
     kind = "segmentation"
 
+    def members(self, role: str = "tumour") -> list[str]:
+        """The weights entries of ``role``: one, or an ensemble's members in order."""
+        return [key for key in self.weights if network_role(key) == role]
+
     @property
     def method(self) -> str:
-        return self.schema
+        count = len(self.members())
+        return self.schema if count < 2 else f"{self.schema}, ensemble of {count}"
 
 
 @contextmanager
@@ -167,12 +180,19 @@ class LoadedModel:
     """A model ready to run: its card and its networks in eval mode on a device."""
 
     card: ModelCard
-    networks: dict[str, ResUNet3d]
+    #: One network per role; an ensemble's role is a :class:`~livertumor.networks.ProbabilityMean`.
+    networks: dict[str, ResUNet3d | ProbabilityMean]
     path: Path
 
-    def cascade_stages(self) -> list[tuple[str, ResUNet3d]]:
+    def cascade_stages(self) -> list[tuple[str, ResUNet3d | ProbabilityMean]]:
         """The networks in the order inference runs them: the liver network first, if any."""
         return [(role, self.networks[role]) for role in ("liver", "tumour") if role in self.networks]
+
+    def weights_digest(self, role: str) -> str:
+        """The sha256 that names ``role``'s weights (a compiled graph's cache key): its file's, or for an
+        ensemble the sha256 of its members' sha256 in order."""
+        digests = [self.card.weights[key]["sha256"] for key in self.card.members(role)]
+        return digests[0] if len(digests) == 1 else hashlib.sha256(",".join(digests).encode()).hexdigest()
 
     def liver_box(self, liver: np.ndarray, grid: Grid) -> tuple[slice, slice, slice]:
         """Where the cascade's tumour network looks: the predicted liver's box plus the card's margin
@@ -310,14 +330,21 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
     card = read_card(directory)
     if not isinstance(card, ModelCard):
         raise ModelFileError(f"{directory} is a {card.kind} model, not a tumour segmentation model")
+    states = read_verified_weights(directory, card)
     networks = {}
-    for role, state in read_verified_weights(directory, card).items():
-        network = ResUNet3d(card.architecture)
-        load_state_strict(network, state, directory / card.weights[role]["file"])
+    for role in dict.fromkeys(map(network_role, states)):
+        members = [_network(card, states[key], directory / card.weights[key]["file"]) for key in card.members(role)]
+        network = members[0] if len(members) == 1 else ProbabilityMean(members)
         networks[role] = network.to(device).eval()
     if "tumour" not in networks:
         raise ModelFileError(f"{directory} has no tumour network in its card")
     return LoadedModel(card, networks, directory)
+
+
+def _network(card: ModelCard, state: dict[str, torch.Tensor], source: Path) -> ResUNet3d:
+    network = ResUNet3d(card.architecture)
+    load_state_strict(network, state, source)
+    return network
 
 
 @dataclass(frozen=True)
@@ -391,3 +418,85 @@ def next_version(name: str, parent_version: str) -> str:
     while f"{parent_version}.{number}" in taken:
         number += 1
     return f"{parent_version}.{number}"
+
+
+#: What ensemble members must share: what their networks see, and what their outputs mean.
+_ENSEMBLE_SHARED = ("architecture", "preprocess", "schema", "labels", "liver_margin_mm", "tumour_in_liver")
+
+
+def combine_models(
+    models: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, name: str | None = None
+) -> Path:
+    """A new model that runs ``models`` (names, ``name:version`` or folders) as one: each voxel's class
+    probabilities are their mean. Averaging the outputs of networks trained with different seeds removes
+    much of their seed-to-seed variance (measured in docs/results/demo-model.md); averaging their weights
+    would not, as their networks are not aligned.
+
+    Every member's checksums are verified, and the members must share architecture, preprocessing,
+    schema, labels and post-processing. Members that are ensembles are flattened; the same weights twice
+    are refused (they would count double). The new card lists each member with its validation; it has no
+    validation of its own. ``out`` (default: the user's models, ``NAME-VERSION``) must not exist; ``name``
+    defaults to the first member's name plus ``-ensemble``, the version to the first free number.
+    """
+    if len(models) < 2:
+        raise LiverTumorError(f"an ensemble needs two or more models, got {len(models)}")
+    sources = [resolve_model(model) for model in models]
+    cards = []
+    for source in sources:
+        check_manifest(source)
+        card = read_card(source)
+        if not isinstance(card, ModelCard):
+            raise ModelFileError(f"{source} is a {card.kind} model, not a tumour segmentation model")
+        cards.append(card)
+    first = cards[0]
+    networks: dict[str, ResUNet3d] = {}
+    digests: set[str] = set()
+    for source, card in zip(sources, cards):
+        for field_name in _ENSEMBLE_SHARED:
+            if getattr(card, field_name) != getattr(first, field_name):
+                raise LiverTumorError(
+                    f"{source} and {sources[0]} differ in their {field_name.replace('_', ' ')}; "
+                    "the members of an ensemble must share it"
+                )
+        if {network_role(key) for key in card.weights} != {network_role(key) for key in first.weights}:
+            raise LiverTumorError(f"{source} and {sources[0]} have different networks; an ensemble needs the same ones")
+        for key, state in read_verified_weights(source, card).items():
+            digest = card.weights[key]["sha256"]
+            if digest in digests:
+                raise LiverTumorError(
+                    f"{source} repeats weights already in the ensemble ({key}, sha256 {digest[:16]}...)"
+                )
+            digests.add(digest)
+            role = network_role(key)
+            count = sum(network_role(taken) == role for taken in networks)
+            networks[role if not count else f"{role}.{count + 1}"] = _network(
+                card, state, source / card.weights[key]["file"]
+            )
+    name = name or f"{first.name}-ensemble"
+    if not _PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise LiverTumorError(f"model name {name!r} must be a plain name (letters, digits, . _ -)")
+    taken = {entry.version for entry in list_models() if entry.name == name}
+    version = next(str(number) for number in itertools.count(1) if str(number) not in taken)
+    members = [
+        {
+            "model": f"{card.name}:{card.version}",
+            "folder": source.name,
+            "sha256": [e["sha256"] for e in card.weights.values()],
+            "validation": card.validation,
+        }
+        for source, card in zip(sources, cards)
+    ]
+    card = dataclasses.replace(
+        first,
+        name=name,
+        version=version,
+        weights={},
+        training_data={"ensemble_of": members},
+        validation={},
+        validation_before={},
+        parent=None,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        notes=f"Ensemble of {len(cards)} models: each voxel's class "
+        "probabilities are their mean. Each member's validation is under training_data.ensemble_of.",
+    )
+    return save_model(Path(out) if out else user_models_dir() / f"{name}-{version}", networks, card)

@@ -337,6 +337,26 @@ class ResUNet3d(nn.Module):
         return self.head(x)
 
 
+class ProbabilityMean(nn.Module):
+    """Networks of one architecture as one (an ensemble): returns the logarithm of their mean class
+    probabilities, whose softmax (what the loss and inference take) is that mean. The members run one after
+    another, so only one member's activations exist at a time."""
+
+    def __init__(self, members: Sequence[ResUNet3d]) -> None:
+        super().__init__()
+        if not members or any(member.config != members[0].config for member in members):
+            raise LiverTumorError("an ensemble needs one or more networks of one architecture")
+        self.config = members[0].config
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.softmax(self.members[0](x).float(), dim=1)
+        for member in self.members[1:]:
+            total += torch.softmax(member(x).float(), dim=1)
+        # the floor keeps log finite where every member gives a class exactly 0 (underflow)
+        return torch.log((total / len(self.members)).clamp_min(1e-30))
+
+
 def round_up(size: Sequence[int], divisor: int) -> tuple[int, ...]:
     """Each side rounded up to a multiple of ``divisor``."""
     return tuple(-(-int(s) // divisor) * divisor for s in size)

@@ -1,0 +1,133 @@
+"""Ensembles (``livertumor ensemble``): models trained alike, run as one model whose class probabilities
+are their mean, with every member's weights verified as a single model's are."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_cli import run
+
+from livertumor.errors import LiverTumorError
+from livertumor.finetune import finetune
+from livertumor.inference import segment
+from livertumor.io import read_ct
+from livertumor.models import (
+    ModelChecksumError,
+    ModelExistsError,
+    combine_models,
+    list_models,
+    load_model,
+    read_card,
+    save_model,
+)
+from livertumor.networks import ProbabilityMean
+
+
+def perturbed(model: Path, out: Path, seed: int, **card_changes) -> Path:
+    """A copy of ``model`` with every weight moved by noise: a member that disagrees with the others."""
+    loaded = load_model(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in loaded.networks["tumour"].parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=generator))
+    card = dataclasses.replace(loaded.card, version=f"1.{seed}", **card_changes)
+    return save_model(out, loaded.networks, card)
+
+
+@pytest.fixture(scope="module")
+def members(tiny_model, tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("members")
+    return [tiny_model, perturbed(tiny_model, folder / "b", 1), perturbed(tiny_model, folder / "c", 2)]
+
+
+def test_an_ensemble_segments_with_the_mean_of_its_members_probabilities(members, tiny_data, tmp_path):
+    ensemble = combine_models(members, tmp_path / "ensemble")
+    ct = read_ct(tiny_data / "volume-1.nii")
+    each = [segment(ct, model=member, device="cpu", probabilities=True) for member in members]
+    together = segment(ct, model=ensemble, device="cpu", probabilities=True)
+    probabilities = [result.tumour_probability.array for result in each]
+    assert np.abs(probabilities[0] - probabilities[1]).max() > 0.05, "the members must disagree for this to test"
+    np.testing.assert_allclose(together.tumour_probability.array, np.mean(probabilities, axis=0), atol=1e-5)
+    assert together.labels.grid == ct.grid
+    assert together.model_name == "tiny-ensemble:1"
+
+
+def test_the_card_names_each_member_and_every_member_is_verified(members, tmp_path):
+    ensemble = combine_models(members[:2], tmp_path / "ensemble", name="pair")
+    card = read_card(ensemble)
+    assert (card.name, card.version) == ("pair", "1")
+    assert card.members() == ["tumour", "tumour.2"] and card.method == "three-stage, ensemble of 2"
+    listed = card.training_data["ensemble_of"]
+    assert [m["model"] for m in listed] == ["tiny:1", "tiny:1.1"] and listed[0]["validation"] == read_card(
+        members[0]
+    ).validation
+    assert card.preprocess == read_card(members[0]).preprocess and card.validation == {}
+    loaded = load_model(ensemble)
+    assert isinstance(loaded.networks["tumour"], ProbabilityMean) and len(loaded.networks["tumour"].members) == 2
+    # the compiled-graph cache key names both members' weights, so it differs from either's
+    assert loaded.weights_digest("tumour") not in {e["sha256"] for e in card.weights.values()}
+    second = ensemble / "tumour.2.safetensors"
+    second.write_bytes(second.read_bytes()[:-8])
+    with pytest.raises(ModelChecksumError, match=r"tumour\.2\.safetensors fails its checksum"):
+        load_model(ensemble)
+
+
+def test_an_ensemble_of_ensembles_is_flat(members, tmp_path):
+    pair = combine_models(members[:2], tmp_path / "pair")
+    three = load_model(combine_models([pair, members[2]], tmp_path / "three"))
+    assert three.card.members() == ["tumour", "tumour.2", "tumour.3"]
+    assert [type(m).__name__ for m in three.networks["tumour"].members] == ["ResUNet3d"] * 3
+
+
+def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(members, tiny_model, tmp_path):
+    out = tmp_path / "ensemble"
+    other_grid = perturbed(
+        tiny_model,
+        tmp_path / "coarser",
+        3,
+        preprocess=dataclasses.replace(read_card(tiny_model).preprocess, spacing=(6.0, 6.0, 6.0)),
+    )
+    refusals = [
+        ([members[0]], "two or more models"),
+        ([members[0], members[0]], "repeats weights already in the ensemble"),
+        ([members[0], other_grid], "differ in their preprocess"),
+    ]
+    for models, message in refusals:
+        with pytest.raises(LiverTumorError, match=message):
+            combine_models(models, out)
+        assert not out.exists()
+    with pytest.raises(LiverTumorError, match="plain name"):
+        combine_models(members[:2], name="../elsewhere")
+    out.mkdir()
+    with pytest.raises(ModelExistsError):
+        combine_models(members[:2], out)
+    assert list(out.iterdir()) == []
+
+
+def test_finetuning_an_ensemble_is_refused_before_any_work(members, tiny_data, tmp_path):
+    ensemble = combine_models(members[:2], tmp_path / "ensemble")
+    with pytest.raises(LiverTumorError, match="fine-tune its members one by one"):
+        finetune(ensemble, [], out=tmp_path / "tuned")
+    assert not (tmp_path / "tuned").exists()
+
+
+def test_ensemble_command_registers_the_new_model(members, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    result = run("ensemble", *members[:2])
+    assert result.returncode == 0, result.stderr
+    folder = tmp_path / "home" / "models" / "tiny-ensemble-1"
+    assert f"written to {folder}" in result.stdout
+    listed = json.loads(run("models", "--json").stdout)
+    assert {"name": "tiny-ensemble", "version": "1", "method": "three-stage, ensemble of 2"}.items() <= next(
+        entry for entry in listed if entry["name"] == "tiny-ensemble"
+    ).items()
+    again = run("ensemble", *members[:2])  # the next free version, never the folder that exists
+    assert again.returncode == 0 and (tmp_path / "home" / "models" / "tiny-ensemble-2").is_dir()
+    assert [e.version for e in list_models() if e.name == "tiny-ensemble"] == ["1", "2"]
+    alone = run("ensemble", members[0])
+    assert alone.returncode == 2 and "two or more models" in alone.stderr
