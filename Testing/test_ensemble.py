@@ -57,10 +57,17 @@ def test_an_ensemble_segments_with_the_mean_of_its_members_probabilities(members
     assert together.model_name == "tiny-ensemble:1"
 
 
-def test_the_card_names_each_member_and_every_member_is_verified(members, tmp_path):
+def test_the_card_names_each_member_and_every_member_is_verified(members, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIVERTUMOR_HOME", str(tmp_path / "home"))
+    older = load_model(members[0])
+    save_model(
+        tmp_path / "home" / "models" / "pair-7",
+        older.networks,
+        dataclasses.replace(older.card, name="pair", version="7"),
+    )
     ensemble = combine_models(members[:2], tmp_path / "ensemble", name="pair")
     card = read_card(ensemble)
-    assert (card.name, card.version) == ("pair", "1")
+    assert (card.name, card.version) == ("pair", "8")  # newer than every registered "pair", so the default one
     assert card.members() == ["tumour", "tumour.2"] and card.method == "three-stage, ensemble of 2"
     listed = card.training_data["ensemble_of"]
     assert [m["model"] for m in listed] == ["tiny:1", "tiny:1.1"] and listed[0]["validation"] == read_card(

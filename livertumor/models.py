@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -436,7 +435,7 @@ def combine_models(
     schema, labels and post-processing. Members that are ensembles are flattened; the same weights twice
     are refused (they would count double). The new card lists each member with its validation; it has no
     validation of its own. ``out`` (default: the user's models, ``NAME-VERSION``) must not exist; ``name``
-    defaults to the first member's name plus ``-ensemble``, the version to the first free number.
+    defaults to the first member's name plus ``-ensemble``, the version to one above its highest numbered one.
     """
     if len(models) < 2:
         raise LiverTumorError(f"an ensemble needs two or more models, got {len(models)}")
@@ -475,8 +474,8 @@ def combine_models(
     name = name or f"{first.name}-ensemble"
     if not _PLAIN_NAME.fullmatch(name) or ".." in name:
         raise LiverTumorError(f"model name {name!r} must be a plain name (letters, digits, . _ -)")
-    taken = {entry.version for entry in list_models() if entry.name == name}
-    version = next(str(number) for number in itertools.count(1) if str(number) not in taken)
+    numbers = [int(entry.version) for entry in list_models() if entry.name == name and entry.version.isdigit()]
+    version = str(max(numbers, default=0) + 1)  # newer than every version of that name, so it is the default
     members = [
         {
             "model": f"{card.name}:{card.version}",
