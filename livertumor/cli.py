@@ -596,7 +596,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .models import combine_models, read_card
 
     out = combine_models(args.models, out=args.out, name=args.name)
-    print(f"ensemble {read_card(out).label} of {len(args.models)} models written to {out}")
+    card = read_card(out)
+    print(f"ensemble {card.label} of {len(card.members())} networks written to {out}")
     return 0
 
 

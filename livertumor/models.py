@@ -448,6 +448,9 @@ def combine_models(
             raise ModelFileError(f"{source} is a {card.kind} model, not a tumour segmentation model")
         cards.append(card)
     first = cards[0]
+    name = name or f"{first.name}-ensemble"
+    if not _PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise LiverTumorError(f"model name {name!r} must be a plain name (letters, digits, . _ -)")
     networks: dict[str, ResUNet3d] = {}
     digests: set[str] = set()
     for source, card in zip(sources, cards):
@@ -471,9 +474,6 @@ def combine_models(
             networks[role if not count else f"{role}.{count + 1}"] = _network(
                 card, state, source / card.weights[key]["file"]
             )
-    name = name or f"{first.name}-ensemble"
-    if not _PLAIN_NAME.fullmatch(name) or ".." in name:
-        raise LiverTumorError(f"model name {name!r} must be a plain name (letters, digits, . _ -)")
     numbers = [int(entry.version) for entry in list_models() if entry.name == name and entry.version.isdigit()]
     version = str(max(numbers, default=0) + 1)  # newer than every version of that name, so it is the default
     members = [
