@@ -128,7 +128,7 @@ def main() -> None:
                 lines.append(
                     f"| {title} | {label} | {r['dg']:.2f} | {r['dg_enhanced']:.2f} | {r['recall_10']:.2f} | "
                     f"{r['recall_10_enhanced']:.2f} | "
-                    f"{r['recall_small']:.2f} | {r['lesions']} | {r['fp_ml']:.1f} | {r['liver_dc']:.3f} | "
+                    f"{r['recall_small']:.2f} | {r['lesions']} | {r['fp_ml']:.1f} | {r['liver_dc']:.4f} | "
                     f"{r['real_liver_dc']:.3f} | {r['real_tumour_ml']:.1f} |"
                 )
                 print(lines[-1], flush=True)
