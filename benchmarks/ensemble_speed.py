@@ -2,7 +2,7 @@
 one model and by ensembles of it with more members, per backend; seconds (median of ``--repeats`` after
 one warm-up run, which also compiles a backend's graph) and the labels' agreement with the first model's.
 
-    python benchmarks/ensemble_speed.py [--backends torch openvino] [--repeats 3] MODEL MODEL [MODEL ...]
+    python benchmarks/ensemble_speed.py MODEL MODEL [MODEL ...] [--repeats 3] [--backends torch openvino]
 """
 
 from __future__ import annotations
