@@ -103,6 +103,7 @@ def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(members, tiny
         ([members[0]], "two or more models"),
         ([members[0], members[0]], "repeats weights already in the ensemble"),
         ([members[0], other_grid], "differ in their preprocess"),
+        ([members[0], "demo-lesions"], "is a lesion model, not a tumour segmentation model"),
     ]
     for models, message in refusals:
         with pytest.raises(LiverTumorError, match=message):

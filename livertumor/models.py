@@ -325,10 +325,7 @@ def load_state_strict(network: nn.Module, state: dict[str, torch.Tensor], source
 def load_model(model: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
     """Load a model by registry name, folder or None (the default model), verifying every checksum."""
     directory = resolve_model(model)
-    check_manifest(directory)
-    card = read_card(directory)
-    if not isinstance(card, ModelCard):
-        raise ModelFileError(f"{directory} is a {card.kind} model, not a tumour segmentation model")
+    card = _segmentation_card(directory)
     states = read_verified_weights(directory, card)
     networks = {}
     for role in dict.fromkeys(map(network_role, states)):
@@ -338,6 +335,15 @@ def load_model(model: str | os.PathLike | None = None, device: torch.device | st
     if "tumour" not in networks:
         raise ModelFileError(f"{directory} has no tumour network in its card")
     return LoadedModel(card, networks, directory)
+
+
+def _segmentation_card(directory: Path) -> ModelCard:
+    """The card of a tumour segmentation model folder, checked against the shipped manifest."""
+    check_manifest(directory)
+    card = read_card(directory)
+    if not isinstance(card, ModelCard):
+        raise ModelFileError(f"{directory} is a {card.kind} model, not a tumour segmentation model")
+    return card
 
 
 def _network(card: ModelCard, state: dict[str, torch.Tensor], source: Path) -> ResUNet3d:
@@ -440,13 +446,7 @@ def combine_models(
     if len(models) < 2:
         raise LiverTumorError(f"an ensemble needs two or more models, got {len(models)}")
     sources = [resolve_model(model) for model in models]
-    cards = []
-    for source in sources:
-        check_manifest(source)
-        card = read_card(source)
-        if not isinstance(card, ModelCard):
-            raise ModelFileError(f"{source} is a {card.kind} model, not a tumour segmentation model")
-        cards.append(card)
+    cards = [_segmentation_card(source) for source in sources]
     first = cards[0]
     name = name or f"{first.name}-ensemble"
     if not _PLAIN_NAME.fullmatch(name) or ".." in name:
