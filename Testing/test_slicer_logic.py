@@ -243,6 +243,29 @@ def test_corrupt_model_fails_with_the_checksum_message(scene, tiny_case, tiny_mo
     assert scene.GetNumberOfNodes() == nodes_before
 
 
+def test_an_ensemble_segments_from_the_scene_and_is_not_finetuned(scene, tiny_case, tiny_model, tmp_path):
+    from test_ensemble import perturbed
+
+    import livertumor
+    from livertumor.models import combine_models
+
+    ensemble = combine_models([tiny_model, perturbed(tiny_model, tmp_path / "b", 1)], tmp_path / "ensemble")
+    ct, label = tiny_case
+    volume = mrml.add_volume_node(scene, ct, "ct")
+    logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
+    result = logic.segment(volume, model=str(ensemble), device="cpu", backend="torch")
+    expected = livertumor.segment(ct, model=ensemble, device="cpu").labels.array
+    segment_id = result.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
+    assert np.array_equal(mrml.segment_mask(result, segment_id, volume), expected == 2)
+    truth = mrml.add_segmentation_node(
+        scene, volume, [("liver", label.array == 1), ("tumor", label.array == 2)], "truth"
+    )
+    nodes_before = scene.GetNumberOfNodes()
+    with pytest.raises(ProcessFailed, match="fine-tune its members one by one"):
+        logic.finetune([(volume, truth)], model=str(ensemble), out=tmp_path / "tuned", device="cpu")
+    assert scene.GetNumberOfNodes() == nodes_before and not (tmp_path / "tuned").exists()
+
+
 def test_finetune_cases_are_checked_and_every_problem_listed(scene, tiny_case):
     volume, segmentation = _labels_in_scene(scene, tiny_case)
     label = tiny_case[1]
