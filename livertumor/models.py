@@ -226,6 +226,10 @@ def read_card(directory: str | os.PathLike) -> ModelCard | LesionModelCard:
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
+def _is_plain_name(value: object) -> bool:
+    return isinstance(value, str) and _PLAIN_NAME.fullmatch(value) is not None and ".." not in value
+
+
 #: Field annotations of the card dataclasses -> the JSON types a card may hold there.
 _FIELD_TYPES = {
     "str": (str,),
@@ -251,11 +255,11 @@ def _check_card_fields(card, path: Path) -> None:
                 f"{path}: {card_field.name} = {value!r} is not of the type a card holds there ({annotation})"
             )
     for what, value in (("name", card.name), ("version", card.version)):
-        if not isinstance(value, str) or not _PLAIN_NAME.fullmatch(value) or ".." in value:
+        if not _is_plain_name(value):
             raise ModelFileError(f"{path}: model {what} {value!r} must be a plain name (letters, digits, . _ -)")
     for role, entry in card.weights.items():
         file = entry.get("file") if isinstance(entry, dict) else None
-        if not isinstance(file, str) or not _PLAIN_NAME.fullmatch(file) or ".." in file:
+        if not _is_plain_name(file):
             raise ModelFileError(f"{path}: weights {role!r} name the file {file!r}; a file inside the folder is needed")
 
 
@@ -449,7 +453,7 @@ def combine_models(
     cards = [_segmentation_card(source) for source in sources]
     first = cards[0]
     name = name or f"{first.name}-ensemble"
-    if not _PLAIN_NAME.fullmatch(name) or ".." in name:
+    if not _is_plain_name(name):
         raise LiverTumorError(f"model name {name!r} must be a plain name (letters, digits, . _ -)")
     networks: dict[str, ResUNet3d] = {}
     digests: set[str] = set()
