@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -187,6 +188,31 @@ def test_segment_oblique_volume_stays_on_its_grid(tiny_model):
     phantom = make_phantom(2, (24, 48, 48), (6.0, 6.0, 6.0))
     ct = Volume(phantom.ct.array, Grid(phantom.ct.shape, phantom.ct.spacing, (1.0, 2.0, 3.0), DIRECTIONS["oblique"]))
     assert segment(ct, model=tiny_model, device="cpu").labels.grid == ct.grid
+
+
+def test_nothing_is_labelled_outside_the_patients_body(real_data, tiny_model, tmp_path):
+    """A network that calls every voxel tumour (as version 7's seeds called air beside a real pelvis
+    liver) gets labels only inside the body, on the real scan's exact grid."""
+    from scipy import ndimage
+
+    from livertumor.preprocess import body_mask
+
+    loaded = load_model(tiny_model)
+    last = loaded.networks["tumour"].head[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.fill_(-50.0)
+        last.bias[-1] = 50.0
+    everything = save_model(tmp_path / "everything", loaded.networks, dataclasses.replace(loaded.card, version="9"))
+    ct = read_ct(real_data / "totalsegmentator/example_ct_sm.nii.gz")
+    result = segment(ct, model=everything, device="cpu", probabilities=True)
+    labelled = result.labels.array > 0
+    body = body_mask(ct.array)
+    # the model's 5 mm voxels on the CT's 3 mm grid: its edge may lie up to 3 voxels off
+    near_body = ndimage.distance_transform_edt(~body) <= 3
+    assert labelled.any() and not labelled[~near_body].any()
+    assert labelled[ndimage.distance_transform_edt(body) > 3].mean() > 0.99
+    assert (result.tumour_probability.array[~near_body] == 0).all()
 
 
 def test_segment_refuses_bad_input(tiny_model):

@@ -11,10 +11,12 @@ from livertumor.phantom import make_phantom
 from livertumor.preprocess import (
     PreprocessConfig,
     body_box,
+    body_mask,
     component_centroids,
     effective_range,
     extract_block,
     grid_with_spacing,
+    largest_component,
     prepare_ct,
     resample_label,
     resample_to_grid,
@@ -218,6 +220,18 @@ def test_body_box_holds_the_body_and_drops_air(phantom):
     inside[tuple(slice(a, b) for a, b in zip(start, stop))] = True
     assert body[~inside].sum() == 0
     assert inside.sum() < 0.8 * body.size  # the air at the sides is gone
+
+
+def test_body_mask_holds_the_patient_with_its_gas_and_drops_air_and_table(phantom):
+    hu = phantom.ct.array
+    body = body_mask(hu)
+    assert body[phantom.label.array > 0].all()  # the liver and every lesion
+    enclosed_gas = (hu < -500) & ndimage.binary_erosion(body, iterations=2)
+    assert enclosed_gas.sum() > 50, "the phantom's bowel gas and lung bases lie inside the body"
+    assert not body[:, :3, :3].any() and not body[:, -3:, -3:].any()  # the air in the corners
+    table = (hu > -500) & ~largest_component(hu > -500)
+    assert table.any() and not body[table].any()
+    assert body_mask(np.full((4, 5, 6), -1000.0)) is None
 
 
 @pytest.mark.parametrize("direction", ["lps", "flipped", "oblique"])

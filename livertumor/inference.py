@@ -15,7 +15,7 @@ from torch import nn
 from .data import LIVER, TUMOUR, foreground_channel, task_for
 from .errors import LiverTumorError
 from .networks import round_up
-from .preprocess import axis_starts, extract_block, highest, prepare_ct, restore_to_grid, sub_image_starts
+from .preprocess import axis_starts, extract_block, highest, prepare_ct_and_body, restore_to_grid, sub_image_starts
 from .volume import Volume
 
 Progress = Callable[[float, str], None]
@@ -216,6 +216,7 @@ def segment(
     ``benchmarks/windows.py`` (instance norm makes results depend on the window). ``stretch``: how much
     larger than that a window may grow to cover the CT with less computation (:func:`window_plan`).
 
+    Labels outside the patient's body (:func:`~livertumor.preprocess.body_mask`) are dropped first.
     ``tumour_in_liver`` keeps only tumour in the largest liver component (None: as the card says; it
     needs a model that segments the liver). ``min_lesion_mm`` drops tumour components whose
     equivalent-sphere diameter on the CT's grid is below it (they become liver where the model gives
@@ -243,7 +244,7 @@ def segment(
         raise LiverTumorError(f"the window must be three positive multiples of {divisor} voxels, got {window}")
     report = progress or (lambda fraction, message: None)
     report(0.0, "preprocessing")
-    prepared = prepare_ct(ct, config)
+    prepared, body = prepare_ct_and_body(ct, config)
     grid = ct.grid
     del ct, image  # from here on only the grid: a CT read here is freed before the networks run
     stages = loaded.cascade_stages()
@@ -295,6 +296,10 @@ def segment(
         # a compiled runtime keeps its activation buffers while it lives: gone before mapping back
         # (until then its peak, docs/results/inference.md)
         del result, classes, forward
+    if body is not None:  # nothing lies outside the patient: labels there go before the liver is chosen
+        labels[~body] = 0
+        if tumour is not None:
+            tumour[~body] = 0.0
     keep_in_liver = loaded.card.tumour_in_liver if tumour_in_liver is None else tumour_in_liver
     if keep_in_liver and (labels == LIVER).any():
         outside = drop_tumour_outside_liver(labels)

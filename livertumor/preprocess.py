@@ -240,23 +240,47 @@ def mask_box(mask: np.ndarray, spacing_zyx: Sequence[float], margin_mm: float) -
     return tuple(box)
 
 
-def body_box(ct: Volume, threshold: float = -500.0, margin_mm: float = 5.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
+#: HU above which a voxel counts as the patient's body (air, the lungs and bowel gas lie below it).
+BODY_HU = -500.0
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """The largest (face-connected) component of ``mask``, or None where the mask is empty."""
+    ids, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    return ids == int(np.argmax(np.bincount(ids.ravel())[1:])) + 1
+
+
+def body_box(ct: Volume, threshold: float = BODY_HU, margin_mm: float = 5.0) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The index box (``start``, ``stop``, z-y-x) of the patient's body: the largest component above
     ``threshold`` HU (the table and air are dropped), widened by ``margin_mm``.
 
     Returns the whole volume when nothing exceeds the threshold.
     """
     step = 2  # half resolution is plenty for a box and four times cheaper to label
-    coarse = np.asarray(ct.array[::step, ::step, ::step]) > threshold
-    ids, count = ndimage.label(coarse)
-    if count == 0:
+    body = largest_component(np.asarray(ct.array[::step, ::step, ::step]) > threshold)
+    if body is None:
         return (0, 0, 0), ct.shape
-    sizes = np.bincount(ids.ravel())[1:]
-    box = ndimage.find_objects(ids)[int(np.argmax(sizes))]
+    box = ndimage.find_objects(body.astype(np.uint8))[0]
     margin = np.ceil(np.asarray(ct.grid.spacing_zyx) ** -1 * margin_mm).astype(int) + step
     start = tuple(max(0, s.start * step - m) for s, m in zip(box, margin))
     stop = tuple(min(n, s.stop * step + m) for s, m, n in zip(box, margin, ct.shape))
     return start, stop
+
+
+def body_mask(hu: np.ndarray, threshold: float = BODY_HU) -> np.ndarray | None:
+    """The patient's body in a CT's HU array (z-y-x): the largest component above ``threshold``, with
+    what it encloses in each axial slice (lungs, bowel gas). None where nothing exceeds the threshold.
+
+    No organ lies outside it, so labels there are a network's error on what it never saw (air beside a
+    pelvis, docs/results/demo-model.md)."""
+    body = largest_component(hu > threshold)
+    if body is None:
+        return None
+    for axial in body:
+        ndimage.binary_fill_holes(axial, output=axial)
+    return body
 
 
 def sub_image_starts(shape: Sequence[int], block: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -349,10 +373,22 @@ def prepare_ct(ct: Volume, config: PreprocessConfig) -> Volume:
     The result's grid places it in patient space; map predictions made on it back with
     :func:`restore_to_grid`.
     """
+    resampled = _cropped_and_resampled(ct, config)
+    return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center))
+
+
+def prepare_ct_and_body(ct: Volume, config: PreprocessConfig) -> tuple[Volume, np.ndarray | None]:
+    """:func:`prepare_ct` and, on the same grid, the patient's :func:`body_mask` (which needs the HU
+    values that the window clips: fat and air both fall below it)."""
+    resampled = _cropped_and_resampled(ct, config)
+    body = body_mask(resampled.array)
+    return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center)), body
+
+
+def _cropped_and_resampled(ct: Volume, config: PreprocessConfig) -> Volume:
     if config.crop_body:
         ct = ct.crop(*body_box(ct))
-    resampled = resample_to_spacing(ct, config.spacing, config.interpolation)
-    return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center))
+    return resample_to_spacing(ct, config.spacing, config.interpolation)
 
 
 def restore_to_grid(
