@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from test_cli import run
 
+from livertumor.datasets import find_cases
 from livertumor.errors import LiverTumorError
 from livertumor.finetune import finetune
 from livertumor.inference import segment
@@ -117,11 +119,44 @@ def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(members, tiny
     assert list(out.iterdir()) == []
 
 
-def test_finetuning_an_ensemble_is_refused_before_any_work(members, tiny_data, tmp_path):
-    ensemble = combine_models(members[:2], tmp_path / "ensemble")
-    with pytest.raises(LiverTumorError, match="fine-tune its members one by one"):
-        finetune(ensemble, [], out=tmp_path / "tuned")
-    assert not (tmp_path / "tuned").exists()
+def test_finetuning_an_ensemble_adapts_each_member_into_a_new_version(members, tiny_data, tmp_path):
+    ensemble = combine_models(members[:2], tmp_path / "ensemble", name="pair")
+    parent_files = {path.name: path.read_bytes() for path in ensemble.iterdir()}
+    cases = find_cases(tiny_data)
+    events = []
+    options = {"epochs": 1, "iterations": 2, "device": "cpu", "workers": 0}
+    tuned = finetune(ensemble, cases, out=tmp_path / "tuned", on_event=events.append, **options)
+    card = read_card(tuned)
+    assert card.members() == ["tumour", "tumour.2"] and card.parent == "pair:1" and card.version == "1.1"
+    listed = card.training_data["ensemble_of"]
+    assert [member["model"] for member in listed] == ["pair:1.1-member1", "pair:1.1-member2"]
+    assert all("dg" in member["validation"] and "dg" in member["validation_before"] for member in listed)
+    # member i starts from the parent's member i: a short run moves it far less than the members differ
+    before, after = load_model(ensemble).networks["tumour"], load_model(tuned).networks["tumour"]
+    distance = [
+        [
+            sum(float((a - b).detach().norm()) for a, b in zip(new.parameters(), old.parameters()))
+            for old in before.members
+        ]
+        for new in after.members
+    ]
+    assert distance[0][0] > 0 and distance[1][1] > 0
+    assert distance[0][0] < distance[0][1] / 10 and distance[1][1] < distance[1][0] / 10
+    assert {path.name: path.read_bytes() for path in ensemble.iterdir()} == parent_files
+    # progress runs once over both members, and only the combined model is reported as saved
+    done = [event["done_iterations"] for event in events if event["event"] == "iteration"]
+    totals = {event["total_iterations"] for event in events if event["event"] == "iteration"}
+    assert done == sorted(done) and totals == {done[-1]} and len(done) == done[-1]
+    assert [event["event"] for event in events if "saved" in event["event"]] == ["member-saved"] * 2 + ["saved"]
+    assert events[-1]["model"] == str(tuned)
+    # an interrupted run reuses the members it finished; another run's members are refused
+    shutil.rmtree(tuned)
+    events.clear()
+    assert finetune(ensemble, cases, out=tmp_path / "tuned", on_event=events.append, **options) == tuned
+    assert not [event for event in events if event["event"] == "iteration"]
+    shutil.rmtree(tuned)
+    with pytest.raises(LiverTumorError, match="another fine-tuning run; use --restart"):
+        finetune(ensemble, cases, out=tmp_path / "tuned", **{**options, "iterations": 3})
 
 
 def test_ensemble_command_registers_the_new_model(members, tmp_path, monkeypatch):

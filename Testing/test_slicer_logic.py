@@ -243,11 +243,11 @@ def test_corrupt_model_fails_with_the_checksum_message(scene, tiny_case, tiny_mo
     assert scene.GetNumberOfNodes() == nodes_before
 
 
-def test_an_ensemble_segments_from_the_scene_and_is_not_finetuned(scene, tiny_case, tiny_model, tmp_path):
+def test_an_ensemble_segments_and_is_finetuned_from_the_scene(scene, tiny_case, tiny_model, tmp_path):
     from test_ensemble import perturbed
 
     import livertumor
-    from livertumor.models import combine_models
+    from livertumor.models import combine_models, read_card
 
     ensemble = combine_models([tiny_model, perturbed(tiny_model, tmp_path / "b", 1)], tmp_path / "ensemble")
     ct, label = tiny_case
@@ -261,9 +261,22 @@ def test_an_ensemble_segments_from_the_scene_and_is_not_finetuned(scene, tiny_ca
         scene, volume, [("liver", label.array == 1), ("tumor", label.array == 2)], "truth"
     )
     nodes_before = scene.GetNumberOfNodes()
-    with pytest.raises(ProcessFailed, match="fine-tune its members one by one"):
-        logic.finetune([(volume, truth)], model=str(ensemble), out=tmp_path / "tuned", device="cpu")
-    assert scene.GetNumberOfNodes() == nodes_before and not (tmp_path / "tuned").exists()
+    progress = []
+    tuned = logic.finetune(
+        [(volume, truth)],
+        model=str(ensemble),
+        out=tmp_path / "tuned",
+        device="cpu",
+        epochs=1,
+        iterations=1,
+        progress=lambda fraction, message: progress.append(fraction),
+    )
+    # the job reports the combined model, not a member; one progress run over both members
+    assert tuned == tmp_path / "tuned" and read_card(tuned).members() == ["tumour", "tumour.2"]
+    assert read_card(tuned).parent == "tiny-ensemble:1"
+    iterations = [fraction for fraction in progress if 0 < fraction < 1]
+    assert iterations == sorted(iterations) and progress[-1] == 1.0
+    assert scene.GetNumberOfNodes() == nodes_before
 
 
 def test_finetune_cases_are_checked_and_every_problem_listed(scene, tiny_case):

@@ -3,6 +3,7 @@ from the model's weights, saved as a new version beside it (the model itself is 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -15,7 +16,8 @@ import numpy as np
 from .datasets import Case
 from .errors import DatasetError, LiverTumorError
 from .io import read_ct, read_label, write_volume
-from .models import load_model, next_version, user_models_dir
+from .models import combine_models, load_model, next_version, read_card, user_models_dir
+from .networks import ensemble_member
 from .training import Event, TrainConfig, config_with, split_cases, train_model
 
 #: Fine-tuning presets. ``quick`` adapts a trained model in minutes on 2 CPU cores (demo network, 1-5
@@ -131,17 +133,16 @@ def finetune(
     before and after; with fewer than three cases a part of each case is held out for them
     (:func:`held_out_part`), and the card says what was validated. A work folder left by another run is
     refused unless ``restart`` (see :func:`~livertumor.training.train_model`).
+
+    An ensemble is fine-tuned member by member on the same cases and preset (each with its own sampling
+    seed), and the adapted members are combined into the new version; each member's validation before
+    and after is on its card's ``training_data.ensemble_of``. An interrupted run reuses the members it
+    finished.
     """
     if preset not in PRESETS:
         raise LiverTumorError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     parent = load_model(model)
     card = parent.card
-    if len(card.members()) > 1:
-        members = ", ".join(member["model"] for member in card.training_data.get("ensemble_of", []))
-        raise LiverTumorError(
-            f"{card.label} is an ensemble of {len(card.members())} networks ({members or 'members not recorded'}); "
-            "fine-tune its members one by one and combine the new versions with `livertumor ensemble`"
-        )
     problems = check_cases(cases)
     if problems:
         raise DatasetError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(problems))
@@ -182,18 +183,89 @@ def finetune(
     note = "; ".join(notes)
     if on_event:
         on_event({"event": "validation-plan", "note": note})
-    initial = {role: network.state_dict() for role, network in parent.networks.items()}
-    result = train_model(
-        train,
-        validation,
-        config,
-        out,
-        name=card.name,
-        version=version,
-        initial=initial,
-        parent=f"{card.name}:{card.version}",
-        on_event=on_event,
-        restart=restart,
-        validation_note=note,
-    )
-    return result.model_dir
+    count, parent_name = len(card.members()), f"{card.name}:{card.version}"
+    if count == 1:
+        initial = {role: network.state_dict() for role, network in parent.networks.items()}
+        result = train_model(
+            train,
+            validation,
+            config,
+            out,
+            name=card.name,
+            version=version,
+            initial=initial,
+            parent=parent_name,
+            on_event=on_event,
+            restart=restart,
+            validation_note=note,
+        )
+        return result.model_dir
+    # An ensemble: each member adapted in turn (its own sampling seed), then combined as the parent was.
+    folder = out.with_name(out.name + ".work") / "members"
+    if restart:
+        shutil.rmtree(folder, ignore_errors=True)
+    tuned = []
+    for index in range(count):
+        member_out = folder / f"member-{index + 1}"
+        member_config = replace(config, seed=config.seed + index)
+        if not _finished_member(member_out, member_config, train):
+            initial = {role: ensemble_member(network, index).state_dict() for role, network in parent.networks.items()}
+            train_model(
+                train,
+                validation,
+                member_config,
+                member_out,
+                name=card.name,
+                version=f"{version}-member{index + 1}",
+                initial=initial,
+                parent=f"{parent_name}, member {index + 1} of {count}",
+                on_event=_member_events(on_event, index, count),
+                restart=restart,
+                validation_note=note,
+            )
+        tuned.append(member_out)
+    combined = combine_models(tuned, out, name=card.name, version=version, parent=parent_name)
+    if on_event:
+        on_event({"event": "saved", "model": str(combined), "validation": {}, "members": count})
+    return combined
+
+
+def _finished_member(member_out: Path, config: TrainConfig, train: Sequence[Case]) -> bool:
+    """Whether an interrupted ensemble fine-tuning already adapted this member with these settings and
+    cases (it is reused); another run's member is refused."""
+    if not (member_out / "card.json").is_file():
+        return False
+    done = read_card(member_out).training_data
+    settings = json.loads(json.dumps(config.to_json()))  # as the card stores them: tuples become lists
+    if done.get("settings") != settings or done.get("train_cases") != [case.name for case in train]:
+        raise LiverTumorError(
+            f"{member_out} holds a member adapted by another fine-tuning run; use --restart to discard it"
+        )
+    return True
+
+
+def _member_events(on_event: Event | None, index: int, count: int) -> Event | None:
+    """Events of one member's run as parts of the whole: progress over all members, and the member's own
+    model reported as ``member-saved`` (only the combined model is ``saved``)."""
+    if on_event is None:
+        return None
+
+    def forward(event: dict) -> None:
+        event = {**event, "member": index + 1, "members": count}
+        if event["event"] == "iteration":
+            total, done = event["total_iterations"], event["done_iterations"]
+            per_iteration = event["eta_s"] / max(1, total - done)
+            event |= {
+                "done_iterations": index * total + done,
+                "total_iterations": count * total,
+                "eta_s": event["eta_s"] + (count - index - 1) * total * per_iteration,
+            }
+        elif event["event"] == "epoch":
+            event |= {"done": index * event["total"] + event["done"], "total": count * event["total"]}
+        elif event["event"] == "saved":
+            event["event"] = "member-saved"
+        elif event["event"] == "validation-plan":
+            return  # said once, before the members
+        on_event(event)
+
+    return forward

@@ -434,7 +434,11 @@ _ENSEMBLE_SHARED = ("architecture", "preprocess", "schema", "labels", "liver_mar
 
 
 def combine_models(
-    models: Sequence[str | os.PathLike], out: str | os.PathLike | None = None, name: str | None = None
+    models: Sequence[str | os.PathLike],
+    out: str | os.PathLike | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    parent: str | None = None,
 ) -> Path:
     """A new model that runs ``models`` (names, ``name:version`` or folders) as one: each voxel's class
     probabilities are their mean. Averaging the outputs of networks trained with different seeds removes
@@ -445,7 +449,8 @@ def combine_models(
     schema, labels and post-processing. Members that are ensembles are flattened; the same weights twice
     are refused (they would count double). The new card lists each member with its validation; it has no
     validation of its own. ``out`` (default: the user's models, ``NAME-VERSION``) must not exist; ``name``
-    defaults to the first member's name plus ``-ensemble``, the version to one above its highest numbered one.
+    defaults to the first member's name plus ``-ensemble``, ``version`` to one above its highest numbered
+    one. ``parent``: the model these members were fine-tuned from, if any.
     """
     if len(models) < 2:
         raise LiverTumorError(f"an ensemble needs two or more models, got {len(models)}")
@@ -478,26 +483,32 @@ def combine_models(
             networks[role if not count else f"{role}.{count + 1}"] = _network(
                 card, state, source / card.weights[key]["file"]
             )
-    numbers = [int(entry.version) for entry in list_models() if entry.name == name and entry.version.isdigit()]
-    version = str(max(numbers, default=0) + 1)  # newer than every version of that name, so it is the default
+    if version is None:
+        numbers = [int(entry.version) for entry in list_models() if entry.name == name and entry.version.isdigit()]
+        version = str(max(numbers, default=0) + 1)  # newer than every version of that name, so it is the default
+    elif not _is_plain_name(version):
+        raise LiverTumorError(f"model version {version!r} must be plain (letters, digits, . _ -)")
     members = [
         {
             "model": f"{card.name}:{card.version}",
             "folder": source.name,
             "sha256": [e["sha256"] for e in card.weights.values()],
             "validation": card.validation,
+            **({"validation_before": card.validation_before} if card.validation_before else {}),
         }
         for source, card in zip(sources, cards)
     ]
+    notes = {card.training_data.get("validation_note") for card in cards}
+    shared_note = notes.pop() if len(notes) == 1 else None
     card = dataclasses.replace(
         first,
         name=name,
         version=version,
         weights={},
-        training_data={"ensemble_of": members},
+        training_data={"ensemble_of": members, **({"validation_note": shared_note} if shared_note else {})},
         validation={},
         validation_before={},
-        parent=None,
+        parent=parent,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notes=f"Ensemble of {len(cards)} models: each voxel's class "
         "probabilities are their mean. Each member's validation is under training_data.ensemble_of.",

@@ -357,6 +357,15 @@ class ProbabilityMean(nn.Module):
         return torch.log((total / len(self.members)).clamp_min(1e-30))
 
 
+def ensemble_member(network: nn.Module, index: int) -> nn.Module:
+    """Member ``index`` of a :class:`ProbabilityMean`; a single network is its own only member."""
+    if isinstance(network, ProbabilityMean):
+        return network.members[index]
+    if index:
+        raise IndexError(f"a single network has no member {index}")
+    return network
+
+
 def round_up(size: Sequence[int], divisor: int) -> tuple[int, ...]:
     """Each side rounded up to a multiple of ``divisor``."""
     return tuple(-(-int(s) // divisor) * divisor for s in size)
