@@ -119,8 +119,12 @@ def test_what_cannot_be_averaged_is_refused_and_nothing_is_written(members, tiny
     assert list(out.iterdir()) == []
 
 
-def test_finetuning_an_ensemble_adapts_each_member_into_a_new_version(members, tiny_data, tmp_path):
-    ensemble = combine_models(members[:2], tmp_path / "ensemble", name="pair")
+def test_finetuning_an_ensemble_adapts_each_member_into_a_new_version(tiny_model, tiny_data, tmp_path):
+    # members trained with a loss other than the default: fine-tuning must keep their settings
+    data = read_card(tiny_model).training_data
+    floored = {**data, "settings": {**data["settings"], "loss": "floored-dice"}}
+    pair = [perturbed(tiny_model, tmp_path / name, seed, training_data=floored) for name, seed in (("a", 1), ("b", 2))]
+    ensemble = combine_models(pair, tmp_path / "ensemble", name="pair")
     parent_files = {path.name: path.read_bytes() for path in ensemble.iterdir()}
     cases = find_cases(tiny_data)
     events = []
@@ -131,6 +135,8 @@ def test_finetuning_an_ensemble_adapts_each_member_into_a_new_version(members, t
     listed = card.training_data["ensemble_of"]
     assert [member["model"] for member in listed] == ["pair:1.1-member1", "pair:1.1-member2"]
     assert all("dg" in member["validation"] and "dg" in member["validation_before"] for member in listed)
+    assert [member["settings"]["loss"] for member in listed] == ["floored-dice"] * 2
+    assert [member["settings"]["seed"] for member in listed] == [0, 1]  # each its own sampling
     # member i starts from the parent's member i: a short run moves it far less than the members differ
     before, after = load_model(ensemble).networks["tumour"], load_model(tuned).networks["tumour"]
     distance = [

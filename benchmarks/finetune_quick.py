@@ -1,6 +1,6 @@
 """Quick-preset fine-tuning of the demo model on real-size phantoms of a lesion kind it misses:
 
-    python benchmarks/finetune_quick.py [--out /tmp/ftreal] [--preset quick]
+    python benchmarks/finetune_quick.py [--model demo-curriculum] [--out /tmp/ftreal] [--preset quick]
 
 Two 512x512x120 phantoms (0.75 x 0.75 x 1.6 mm) with native-phase hemangiomas (nearly isodense: the demo
 model finds none) are the corrected cases; with two cases a slab of each is held out for validation. The
@@ -23,7 +23,7 @@ from livertumor.memory import keep_freed_memory
 from livertumor.metrics import dice_global, mask_stats
 from livertumor.phantom import write_phantom_dataset
 
-SHOWN_EVENTS = ("validation-plan", "before", "plan", "epoch", "saved")
+SHOWN_EVENTS = ("validation-plan", "before", "plan", "epoch", "member-saved", "saved")
 
 
 def tumour_cases(folder: Path, seed: int) -> list[Case]:
@@ -53,17 +53,18 @@ def tumour_dg(model: str | Path, cases: list[Case]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo-curriculum", help="name, name:version or folder")
     parser.add_argument("--out", type=Path, default=Path("/tmp/ftreal"))
     parser.add_argument("--preset", default="quick", choices=list(PRESETS))
     args = parser.parse_args()
     keep_freed_memory()
     train, test = tumour_cases(args.out / "train", 70)[:2], tumour_cases(args.out / "test", 80)
     print(f"training on {len(train)}, testing on {len(test)} phantoms", flush=True)
-    before = tumour_dg("demo-curriculum", test)
+    before = tumour_dg(args.model, test)
     started = time.perf_counter()
     tuned = args.out / f"tuned-{int(time.time())}"
     finetune(
-        "demo-curriculum",
+        args.model,
         train,
         out=tuned,
         preset=args.preset,

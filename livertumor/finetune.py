@@ -146,7 +146,9 @@ def finetune(
     problems = check_cases(cases)
     if problems:
         raise DatasetError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(problems))
-    settings = card.training_data.get("settings")
+    # an ensemble's members were trained alike (but for their seeds): the first one's settings stand for all
+    members = card.training_data.get("ensemble_of") or [{}]
+    settings = card.training_data.get("settings") or members[0].get("settings")
     config = TrainConfig.from_json(settings) if settings else TrainConfig()
     config = replace(
         config,

@@ -447,10 +447,11 @@ def combine_models(
 
     Every member's checksums are verified, and the members must share architecture, preprocessing,
     schema, labels and post-processing. Members that are ensembles are flattened; the same weights twice
-    are refused (they would count double). The new card lists each member with its validation; it has no
-    validation of its own. ``out`` (default: the user's models, ``NAME-VERSION``) must not exist; ``name``
-    defaults to the first member's name plus ``-ensemble``, ``version`` to one above its highest numbered
-    one. ``parent``: the model these members were fine-tuned from, if any.
+    are refused (they would count double). The new card lists each member with its validation and
+    training settings; it has no validation of its own. ``out`` (default: the user's models,
+    ``NAME-VERSION``) must not exist; ``name`` defaults to the first member's name plus ``-ensemble``,
+    ``version`` to one above its highest numbered one. ``parent``: the model these members were fine-tuned
+    from, if any.
     """
     if len(models) < 2:
         raise LiverTumorError(f"an ensemble needs two or more models, got {len(models)}")
@@ -495,6 +496,7 @@ def combine_models(
             "sha256": [e["sha256"] for e in card.weights.values()],
             "validation": card.validation,
             **({"validation_before": card.validation_before} if card.validation_before else {}),
+            **({"settings": card.training_data["settings"]} if "settings" in card.training_data else {}),
         }
         for source, card in zip(sources, cards)
     ]
