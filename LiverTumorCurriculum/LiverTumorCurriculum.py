@@ -181,7 +181,8 @@ class LiverTumorCurriculumWidget(JobWidgetMixin, ScriptedLoadableModuleWidget, V
         self.result = job.result
         self.ui.lesionTableView.setMRMLTableNode(self.result.table)
         slicer.util.setSliceViewerLayers(background=self.result.volume, fit=True)
-        return _("{count} lesions found").format(count=len(mrml.table_rows(self.result.table)))
+        found = _("{count} lesions found").format(count=len(mrml.table_rows(self.result.table)))
+        return "\n".join([found] + [_("Caution: {text}").format(text=text) for text in self.result.cautions])
 
     def onLesionSelected(self) -> None:
         if self.result is None:

@@ -160,6 +160,16 @@ def test_segment_command_on_dicom_and_files(real_data, tiny_model, tmp_path):
     assert again.returncode == 2 and "exists; pass --overwrite" in again.stderr
 
 
+def test_segment_cautions_about_a_ct_too_thin_for_the_model(real_data, tiny_model, tmp_path):
+    thin = real_data / "dcmqi/ct-3slice"
+    said = run("segment", thin, "-o", tmp_path / "text", "--model", tiny_model, "--device", "cpu")
+    assert said.returncode == 0, said.stderr
+    assert "caution: ct-3slice: the CT covers only 3 mm head to foot" in said.stderr
+    told = run("segment", thin, "-o", tmp_path / "json", "--model", tiny_model, "--device", "cpu", "--progress", "json")
+    events = [json.loads(line) for line in told.stdout.splitlines() if line.startswith("{")]
+    assert [e["input"] for e in events if e.get("event") == "caution"] == [str(thin)]
+
+
 def test_segment_reports_unavailable_device_and_bad_model(real_data, tiny_model, tmp_path):
     import torch
 

@@ -179,6 +179,10 @@ def test_segment_real_ct_lands_on_its_exact_grid(real_data, tiny_model, path):
     assert result.tumour_probability.grid == ct.grid
     assert set(np.unique(result.labels.array)) <= {0, 2}
     assert 0.0 <= result.tumour_probability.array.min() and result.tumour_probability.array.max() <= 1.0
+    # 3 mm head to foot is under a quarter of the tiny model's 80 mm blocks; 40 mm and more is not
+    assert [caution.split(",")[0] for caution in result.cautions] == (
+        ["the CT covers only 3 mm head to foot"] if path == "dcmqi/ct-3slice" else []
+    )
     assert reported[0] == 0.0 and reported[-1] == 1.0 and reported == sorted(reported)
 
 

@@ -180,7 +180,7 @@ def test_out_of_process_segment_progress_table_and_rerun(scene, tiny_case, tiny_
     logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
     job = logic.start_segment(volume, model=str(tiny_model), device="cpu", progress=lambda f, m: steps.append(f))
     result = job.wait()
-    assert steps and steps[-1] == 1.0 and steps == sorted(steps)
+    assert steps and steps[-1] == 1.0 and steps == sorted(steps) and result.cautions == []
     expected = livertumor.segment(ct, model=tiny_model, device="cpu").labels.array
     segment_id = result.segmentation.GetSegmentation().GetSegmentIdBySegmentName("Liver tumor")
     assert np.array_equal(mrml.segment_mask(result.segmentation, segment_id, volume), expected == 2)
@@ -241,6 +241,15 @@ def test_corrupt_model_fails_with_the_checksum_message(scene, tiny_case, tiny_mo
     with pytest.raises(ProcessFailed, match="fails its checksum"):
         LiverTumorCurriculumLogic(scene, python=sys.executable).segment(volume, model=str(broken), device="cpu")
     assert scene.GetNumberOfNodes() == nodes_before
+
+
+def test_a_ct_too_thin_for_the_model_comes_back_with_a_caution(scene, real_data, tiny_model):
+    from livertumor.io import read_ct
+
+    volume = mrml.add_volume_node(scene, read_ct(real_data / "dcmqi/ct-3slice"), "three slices")
+    logic = LiverTumorCurriculumLogic(scene, python=sys.executable)
+    result = logic.start_segment(volume, model=str(tiny_model), device="cpu", backend="torch").wait()
+    assert len(result.cautions) == 1 and result.cautions[0].startswith("the CT covers only 3 mm head to foot")
 
 
 def test_an_ensemble_segments_and_is_finetuned_from_the_scene(scene, tiny_case, tiny_model, tmp_path):

@@ -1,11 +1,12 @@
 """Does a model's liver depend on where the scan ends? Two measurements, for the real scan's missed lower liver:
 
-    python benchmarks/scan_edges.py [--cases 6] [--seed 900] MODEL [MODEL ...]
+    python benchmarks/scan_edges.py [--cases 6] [--seed 900] [--slabs 90] MODEL [MODEL ...]
 
-* **Short phantoms.** Each test phantom (seeds 900 on, as ``demo_targets.py`` draws them) is cut to a 90 mm
-  slab through its liver (the real ``example_ct_sm`` is 30 slices of 3 mm, cut through the liver at both
-  ends) and segmented as a scan of its own; its liver Dice is set beside the full scan's prediction on the
-  same voxels. A model that needs the liver's ends in view loses Dice here.
+* **Short phantoms.** Each test phantom (seeds 900 on, as ``demo_targets.py`` draws them) is cut to a slab
+  through its liver, 90 mm by default (the real ``example_ct_sm`` is 30 slices of 3 mm, cut through the
+  liver at both ends; ``--slabs`` gives other thicknesses), and segmented as a scan of its own; its liver
+  Dice is set beside the full scan's prediction on the same voxels. A model that needs the liver's ends in
+  view loses Dice here.
 * **What lies past the real scan's top.** At the network's 2.0 mm grid the real scan has 45 slices, three
   fewer than the 48-slice window, so the sliding window fills three slices past its top with the window's
   lowest grey (-60 HU; ``inference.sliding_window``). The scan is segmented with 15 mm more on top filled
@@ -26,7 +27,6 @@ from livertumor.io import read_ct, read_image
 from livertumor.phantom import make_phantom
 from livertumor.volume import Grid, Volume
 
-SLAB_MM = 90.0
 EXTRA_SLICES = 5  # 15 mm of the real scan's 3 mm slices: past the window's three padded 2 mm slices
 
 
@@ -45,37 +45,42 @@ def main() -> None:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--seed", type=int, default=900)
+    parser.add_argument("--slabs", type=float, nargs="+", default=[90.0], help="slab thicknesses, mm")
     args = parser.parse_args()
-    full_dice = {model: [] for model in args.models}
-    slab_dice = {model: [] for model in args.models}
+    full_dice = {(model, mm): [] for model in args.models for mm in args.slabs}
+    slab_dice = {(model, mm): [] for model in args.models for mm in args.slabs}
     for number in range(args.cases):
         phantom = make_phantom(args.seed + number, lesion_count=0 if (number + 1) % 5 == 0 else None)
         truth = phantom.label.array >= 1
-        depth = round(SLAB_MM / phantom.ct.grid.spacing_zyx[0])
         rows = np.flatnonzero(truth.any((1, 2)))
-        start = int(np.random.default_rng(number).integers(rows[0], rows[-1] - depth + 1))
-        short = phantom.ct.crop((start, 0, 0), (start + depth, *phantom.ct.shape[1:]))
-        within = truth[start : start + depth]
-        for model in args.models:
-            full = segment(phantom.ct, model=model, device="cpu").labels.array[start : start + depth]
-            full_dice[model].append(dice(full >= 1, within))
-            slab_dice[model].append(dice(segment(short, model=model, device="cpu").labels.array >= 1, within))
+        full = {model: segment(phantom.ct, model=model, device="cpu").labels.array >= 1 for model in args.models}
+        for mm in args.slabs:
+            depth = max(1, round(mm / phantom.ct.grid.spacing_zyx[0]))
+            start = int(np.random.default_rng(number).integers(rows[0], max(rows[0], rows[-1] - depth) + 1))
+            short = phantom.ct.crop((start, 0, 0), (start + depth, *phantom.ct.shape[1:]))
+            within = truth[start : start + depth]
+            for model in args.models:
+                full_dice[model, mm].append(dice(full[model][start : start + depth], within))
+                slab = segment(short, model=model, device="cpu").labels.array >= 1
+                slab_dice[model, mm].append(dice(slab, within))
+    print("| model | slab mm | phantom slab in the full scan | phantom slab as a scan (lowest) |")
+    print("|---|---|---|---|")
+    for (model, mm), values in slab_dice.items():
+        print(
+            f"| {model} | {mm:g} | {np.mean(full_dice[model, mm]):.4f} | {np.mean(values):.4f} ({min(values):.4f}) |",
+            flush=True,
+        )
     ct = read_ct(REAL / "example_ct_sm.nii.gz")
     liver = read_image(REAL / "example_ct_sm_totalseg.nii.gz").array == LIVER
     ways = ("repeat", "air", "mirror")
-    print(f"| model | phantom slab in the full scan | phantom slab as a scan | real scan | {' | '.join(ways)} |")
-    print("|---|---|---|---|" + "---|" * len(ways))
+    print(f"\n| model | real scan | {' | '.join(ways)} |")
+    print("|---|---|" + "---|" * len(ways))
     for model in args.models:
         real = [dice(segment(ct, model=model, device="cpu").labels.array >= 1, liver)]
         for how in ways:
             labels = segment(extended_on_top(ct, how), model=model, device="cpu").labels.array[: ct.shape[0]]
             real.append(dice(labels >= 1, liver))
-        print(
-            f"| {model} | {np.mean(full_dice[model]):.4f} | {np.mean(slab_dice[model]):.4f} | "
-            + " | ".join(f"{value:.3f}" for value in real)
-            + " |",
-            flush=True,
-        )
+        print(f"| {model} | " + " | ".join(f"{value:.3f}" for value in real) + " |", flush=True)
 
 
 if __name__ == "__main__":

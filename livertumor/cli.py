@@ -506,6 +506,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 reporter.json(event="written", input=str(path), labels=str(label_path), tumour_ml=tumour_ml)
                 if args.progress != "json":
                     print(f"{path} -> {label_path} (tumour {tumour_ml:.1f} mL, model {result.model_name})")
+                for caution in result.cautions:
+                    reporter.json(event="caution", input=str(path), message=caution)
+                    if args.progress != "json":
+                        print(f"caution: {path.name}: {caution}", file=sys.stderr)
         finally:
             reporter.close()
     return 0

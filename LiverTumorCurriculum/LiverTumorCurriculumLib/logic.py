@@ -44,6 +44,8 @@ class SegmentationResult:
     segmentation: Any
     table: Any
     probability: Any = None
+    #: The library's cautions about this result (e.g. a CT too thin for the model), one sentence each.
+    cautions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -94,8 +96,10 @@ class LiverTumorCurriculumLogic(SceneLogic):
         arguments += ["--probabilities"] if probabilities else []
         process = LibraryProcess(arguments, progress_events(progress), self.python).start()
 
-        def finish(_: LibraryProcess) -> SegmentationResult:
-            return self._add_result(volume_node, ct.grid, workdir, probabilities)
+        def finish(done: LibraryProcess) -> SegmentationResult:
+            result = self._add_result(volume_node, ct.grid, workdir, probabilities)
+            result.cautions = [str(e["message"]) for e in done.events if e.get("event") == "caution"]
+            return result
 
         return Job(process, finish, workdir)
 
