@@ -339,7 +339,7 @@ def thin_ct_cautions(grid: Grid, config: PreprocessConfig) -> tuple[str, ...]:
         return ()
     return (
         f"the CT covers only {extent_mm:g} mm head to foot, under a quarter of the {block_mm:g} mm blocks the "
-        "model was trained on: on slices this few it misses most of the liver and its tumours",
+        "model was trained on: with so few slices it misses most of the liver and its tumours",
     )
 
 
