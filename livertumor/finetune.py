@@ -147,8 +147,8 @@ def finetune(
     if problems:
         raise DatasetError("the fine-tuning cases cannot be used:\n  " + "\n  ".join(problems))
     # an ensemble's members were trained alike (but for their seeds): the first one's settings stand for all
-    members = card.training_data.get("ensemble_of") or [{}]
-    settings = card.training_data.get("settings") or members[0].get("settings")
+    ensemble_of = card.training_data.get("ensemble_of") or [{}]
+    settings = card.training_data.get("settings") or ensemble_of[0].get("settings")
     config = TrainConfig.from_json(settings) if settings else TrainConfig()
     config = replace(
         config,
