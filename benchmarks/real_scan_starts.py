@@ -1,7 +1,7 @@
 """The real scan's targets wherever the scan starts: liver Dice on the organ map's slices and tumour over
 the whole scan, for the full real CT cut at several depths below the liver.
 
-    python benchmarks/real_scan_starts.py [--starts 0 10 ... 82] [--backend torch] MODEL [MODEL ...]
+    python benchmarks/real_scan_starts.py [--starts 0 10 ... 82] [--backend torch] [--overlap 0.5] MODEL [MODEL ...]
 
 ``example_ct_sm`` (the targets' real scan) is the top 30 slices of ``example_ct`` (112 slices of 3 mm,
 abdomen and pelvis), voxel for voxel: checked here, since both files carry the same origin. The organ map
@@ -39,10 +39,10 @@ def labelled_scan():
     return full, read_image(REAL / "example_ct_sm_totalseg.nii.gz").array == LIVER
 
 
-def score_cut(model: str, full, liver: np.ndarray, start: int, backend: str) -> tuple[float, float]:
+def score_cut(model: str, full, liver: np.ndarray, start: int, backend: str, overlap: float) -> tuple[float, float]:
     """Liver Dice on the labelled slices and whole-cut tumour mL of ``full[start:]``."""
     cut = full.crop((start, 0, 0), full.shape)
-    labels = segment(cut, model=model, device="cpu", backend=backend).labels.array
+    labels = segment(cut, model=model, device="cpu", backend=backend, overlap=overlap).labels.array
     tumour_ml = float((labels == TUMOUR).sum()) * cut.grid.voxel_volume_ml
     return dice(labels[-LABELLED:] >= 1, liver), tumour_ml
 
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("models", nargs="+")
     parser.add_argument("--starts", type=int, nargs="+", default=[0, 10, 20, 30, 40, 50, 60, 70, 76, 82])
     parser.add_argument("--backend", default="torch", choices=["torch", "openvino", "onnxruntime"])
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (segment's default)")
     parser.add_argument("--per-start", action="store_true", help="also print each cut's figures")
     args = parser.parse_args()
     full, liver = labelled_scan()
@@ -64,7 +65,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|")
     for model in args.models:
-        figures = [score_cut(model, full, liver, start, args.backend) for start in args.starts]
+        figures = [score_cut(model, full, liver, start, args.backend, args.overlap) for start in args.starts]
         if args.per_start:
             for start, (liver_dc, tumour_ml) in zip(args.starts, figures):
                 print(f"  {model} from slice {start}: liver {liver_dc:.3f}, tumour {tumour_ml:.1f} mL", flush=True)
