@@ -373,22 +373,24 @@ def prepare_ct(ct: Volume, config: PreprocessConfig) -> Volume:
     The result's grid places it in patient space; map predictions made on it back with
     :func:`restore_to_grid`.
     """
-    resampled = _cropped_and_resampled(ct, config)
-    return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center))
+    return _windowed(_cropped_and_resampled(ct, config), config)
 
 
 def prepare_ct_and_body(ct: Volume, config: PreprocessConfig) -> tuple[Volume, np.ndarray | None]:
     """:func:`prepare_ct` and, on the same grid, the patient's :func:`body_mask` (which needs the HU
     values that the window clips: fat and air both fall below it)."""
     resampled = _cropped_and_resampled(ct, config)
-    body = body_mask(resampled.array)
-    return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center)), body
+    return _windowed(resampled, config), body_mask(resampled.array)
 
 
 def _cropped_and_resampled(ct: Volume, config: PreprocessConfig) -> Volume:
     if config.crop_body:
         ct = ct.crop(*body_box(ct))
     return resample_to_spacing(ct, config.spacing, config.interpolation)
+
+
+def _windowed(resampled: Volume, config: PreprocessConfig) -> Volume:
+    return resampled.with_array(window_hu(resampled.array, config.window_width, config.window_center))
 
 
 def restore_to_grid(
