@@ -48,9 +48,13 @@ def one_model_parser(description: str, cases: int) -> argparse.ArgumentParser:
     return parser
 
 
-def unseen_phantoms(seed: int, cases: int) -> list:
-    """``cases`` phantoms from ``seed`` on (no training run here used these seeds), every 5th lesion-free."""
-    return [make_phantom(seed + n, lesion_count=0 if (n + 1) % LESION_FREE_EVERY == 0 else None) for n in range(cases)]
+def unseen_phantoms(seed: int, cases: int, **options) -> list:
+    """``cases`` phantoms from ``seed`` on (no training run here used these seeds), every 5th lesion-free;
+    ``options`` go to ``make_phantom`` (e.g. ``organ_map=True``, which leaves the phantom unchanged)."""
+    return [
+        make_phantom(seed + n, lesion_count=0 if (n + 1) % LESION_FREE_EVERY == 0 else None, **options)
+        for n in range(cases)
+    ]
 
 
 def phantom_figures(cases: list[tuple]) -> dict:
