@@ -53,7 +53,9 @@ Variants:
 validates with its card's post-processing (``tumour_in_liver``; the log's ``dg_raw`` is the Dice without it).
 ``--spacing`` sets the network's grid (isotropic mm, the settings' 2.5 otherwise): with ``--init`` a model
 continued on a finer grid, to measure what its resolution costs small lesions; ``--block`` sets the blocks the
-network trains and validates on (with a finer grid, larger blocks keep the field of view). ``--widths`` sets the
+network trains and validates on (with a finer grid, larger blocks keep the field of view). ``--window CENTRE
+WIDTH`` sets the HU window (the settings' 40/200 otherwise), to measure what the window's top hides (enhanced
+vessels and blood-pool-bright lesions clip to one grey at 140 HU). ``--widths`` sets the
 network's channels per level; with ``--init`` the model is widened so that it first computes what it did
 (``livertumor.networks.widened``), to measure what capacity buys the liver outline and small lesions.
 ``--device``, ``--whole-batch`` and ``--loader-workers`` override the settings' (``cpu``, 1, 2) for every
@@ -149,6 +151,9 @@ def main() -> None:
     parser.add_argument(
         "--block", type=int, nargs=3, help="training and validation block (voxels; default: the settings')"
     )
+    parser.add_argument(
+        "--window", type=float, nargs=2, metavar=("CENTRE", "WIDTH"), help="HU window (default: the settings')"
+    )
     parser.add_argument("--widths", type=int, nargs="+", help="channels per level (default: the settings' or --init's)")
     parser.add_argument("--phantom-workers", type=int, default=1, help="processes writing the phantoms")
     for option, what in ANATOMY_OPTIONS.items():
@@ -183,6 +188,9 @@ def main() -> None:
         base = replace(base, preprocess=replace(base.preprocess, spacing=(args.spacing,) * 3))
     if args.block:
         base = replace(base, preprocess=replace(base.preprocess, block=tuple(args.block)))
+    if args.window:
+        centre, width = args.window
+        base = replace(base, preprocess=replace(base.preprocess, window_center=centre, window_width=width))
     initial, parent = None, None
     if args.init:
         trained = load_model(args.init)
@@ -242,6 +250,7 @@ def main() -> None:
             + (f" --loader-workers {args.loader_workers}" if args.loader_workers is not None else "")
             + (f" --spacing {args.spacing:g}" if args.spacing else "")
             + (f" --block {' '.join(map(str, args.block))}" if args.block else "")
+            + (f" --window {' '.join(f'{v:g}' for v in args.window)}" if args.window else "")
             + (f" --widths {' '.join(map(str, args.widths))}" if args.widths else "")
             + (f" --seed {args.seed}" if args.seed is not None else "")
             + (f" --average-epochs {args.average_epochs}" if args.average_epochs else "")
