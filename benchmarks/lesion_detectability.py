@@ -82,6 +82,8 @@ def observer_rows(phantom, contrasts_hu: list[float]) -> list[dict]:
     tissue = (phantom.organs.array == ORGAN_MAP_TISSUES.index("liver")) | (ids > 0)
     organ_full = ndimage.binary_erosion(tissue) | (ids > 0)  # a small lesion lies wholly in the outer layer
     box = ndimage.find_objects(organ_full.astype(np.uint8))[0]
+    # every lesion lies in the box, so a crop of this is the crop's own distance map
+    distance_full = ndimage.distance_transform_edt(ids == 0, sampling=spacing)
     rows = []
     lesions = [lesion for lesion in phantom.lesions if (ids == lesion.id).any()]
     for lesion, contrast in zip(lesions, contrasts_hu, strict=True):
@@ -92,8 +94,7 @@ def observer_rows(phantom, contrasts_hu: list[float]) -> list[dict]:
         organ = organ_full[crop]
         hu = phantom.ct.array[crop].astype(np.float64)
         response, defined = centre_surround(hu, organ, radius, spacing)
-        distance = ndimage.distance_transform_edt(ids[crop] == 0, sampling=spacing)
-        background = defined & (distance > BACKGROUND_RADII * radius)
+        background = defined & (distance_full[crop] > BACKGROUND_RADII * radius)
         values = response[background]
         median = float(np.median(values))
         spread = 1.4826 * float(np.median(np.abs(values - median))) or 1.0
