@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from livertumor.errors import LiverTumorError
-from livertumor.losses import EMPTY_MAP_FLOOR, dice_ce_loss, floored_dice_loss, present_dice_loss, weighted_dice_loss
+from livertumor.losses import (
+    EMPTY_MAP_FLOOR,
+    LESION_TERM_WEIGHT,
+    dice_ce_loss,
+    floored_dice_loss,
+    floored_lesion_dice_loss,
+    lesion_dice_loss,
+    present_dice_loss,
+    weighted_dice_loss,
+)
 from livertumor.networks import TINY, ResidualBlock3d, ResUNet3d, ResUNetConfig, widened
 
 
@@ -272,3 +281,52 @@ def test_soft_targets_equal_to_the_labels_give_the_labels_loss_and_shares_move_i
     assert not torch.allclose(weighted_dice_loss(logits, softened), weighted_dice_loss(logits, labels))
     weighted_dice_loss(logits, softened).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def _two_lesion_block() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Liver with a 64-voxel and a 1-voxel tumour on a 8x8x8 block; tumour probability 0.1 in both lesions
+    and 0.001 elsewhere."""
+    target = torch.ones(1, 8, 8, 8, dtype=torch.long)
+    large, small = torch.zeros(8, 8, 8, dtype=torch.bool), torch.zeros(8, 8, 8, dtype=torch.bool)
+    large[:4, :4, :4], small[6, 6, 6] = True, True
+    target[0][large | small] = 2
+    tumour = torch.full((8, 8, 8), 0.001)
+    tumour[large | small] = 0.1
+    probabilities = torch.stack([(1 - tumour) / 2, (1 - tumour) / 2, tumour])[None]
+    return probabilities.log().requires_grad_(True), target, large, small
+
+
+def test_lesion_dice_is_the_mean_of_each_lesions_own_dice_and_ignores_the_other_lesions():
+    logits, target, *_ = _two_lesion_block()
+    eps = 1.0
+    elsewhere = 0.001 * (512 - 64 - 1)  # tumour probability on no lesion: it counts against every lesion
+    large_dice = (2 * 6.4 + eps) / (elsewhere + 6.4 + 64 + eps)
+    small_dice = (2 * 0.1 + eps) / (elsewhere + 0.1 + 1 + eps)
+    expected = 1 - (large_dice + small_dice) / 2
+    assert lesion_dice_loss(logits, target, eps).item() == pytest.approx(expected, rel=1e-5)
+    assert floored_lesion_dice_loss(logits, target).item() == pytest.approx(
+        floored_dice_loss(logits, target).item() + LESION_TERM_WEIGHT * expected, rel=1e-5
+    )
+
+
+def test_lesion_dice_gives_a_one_voxel_lesion_a_pull_near_a_large_ones_where_eq_1_gives_it_its_voxel_share():
+    def small_share(loss) -> float:
+        logits, target, large, small = _two_lesion_block()
+        loss(logits, target).backward()
+        pull = -logits.grad[0, 2]  # how hard the loss raises the tumour logits
+        return (pull[small].sum() / pull[large].sum()).item()
+
+    assert small_share(weighted_dice_loss) < 0.02  # about 1/64: eq. 1 pools every tumour voxel
+    assert small_share(lesion_dice_loss) > 0.3  # each lesion its own Dice
+
+
+def test_lesion_dice_is_zero_without_lesions_and_still_punishes_false_tumour_beside_a_lesion():
+    logits = torch.zeros(2, 3, 6, 6, 6, requires_grad=True)
+    target = torch.ones(2, 6, 6, 6, dtype=torch.long)
+    target[1, 0, 0, 0] = 2
+    loss = lesion_dice_loss(logits, target)
+    loss.backward()
+    assert logits.grad[0].abs().sum() == 0  # the lesion-free volume adds nothing
+    assert logits.grad[1, 2][target[1] == 1].mean() > 0  # tumour probability off the lesion is pushed down
+    soft = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float()
+    assert lesion_dice_loss(logits, soft).item() == pytest.approx(loss.item())  # shares read as their labels
