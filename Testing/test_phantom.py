@@ -9,12 +9,14 @@ import pytest
 from scipy import ndimage
 
 from livertumor.cli import main
-from livertumor.io import read_image, read_label
+from livertumor.errors import DatasetError
+from livertumor.io import read_image, read_label, write_volume
 from livertumor.phantom import (
     ANATOMY_OPTIONS,
     LESION_CLASSES,
     PHASES,
     SIZE_RANGES_MM,
+    dataset_phantoms,
     make_phantom,
     synthesize,
     tissue_table,
@@ -73,6 +75,27 @@ def test_dataset_phases_can_be_limited(tmp_path):
     assert {case["phase"] for case in json.loads(manifest.read_text())["cases"]} == {"delayed"}
     with pytest.raises(ValueError, match="unknown contrast phase"):
         write_phantom_dataset(tmp_path / "x", 1, shape=(32, 64, 64), spacing_zyx=(4, 5, 5), phases=["venous"])
+
+
+def test_a_sets_phantoms_are_made_again_from_its_manifest_with_their_lesion_ids(tmp_path):
+    write_phantom_dataset(
+        tmp_path, 3, seed=4, shape=(32, 64, 64), spacing_zyx=(4, 5, 5), kinds=["hemangioma"], hilar_fat=True
+    )
+    again = list(dataset_phantoms(tmp_path, organ_map=True))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(again) == 3 and [p.phase for p in again] == [case["phase"] for case in manifest["cases"]]
+    for phantom, case in zip(again, manifest["cases"]):
+        np.testing.assert_array_equal(phantom.ct.array, read_image(tmp_path / case["volume"]).array)
+        assert [lesion.kind for lesion in phantom.lesions] == [lesion["kind"] for lesion in case["lesions"]]
+        ids = phantom.lesion_id.array
+        assert sorted(np.unique(ids[ids > 0])) == [lesion["id"] for lesion in case["lesions"]]
+        assert phantom.organs is not None
+    assert len(list(dataset_phantoms(tmp_path, cases=1))) == 1
+    changed = read_label(tmp_path / "segmentation-1.nii")
+    changed.array[0, 0, 0] = 2
+    write_volume(changed, tmp_path / "segmentation-1.nii")
+    with pytest.raises(DatasetError, match=r"segmentation-1\.nii differs from its seed's phantom"):
+        list(dataset_phantoms(tmp_path))
 
 
 def test_parallel_workers_write_the_same_files_as_one(tmp_path):

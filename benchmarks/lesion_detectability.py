@@ -2,6 +2,11 @@
 whether a model finds the lesions that observer can see:
 
     python benchmarks/lesion_detectability.py [--seed 900 --cases 30] [--model demo-curriculum] [--csv rows.csv]
+    python benchmarks/lesion_detectability.py --dataset TRAINING_SET [--cases 40] --model MODEL
+
+``--dataset`` measures the first ``--cases`` phantoms of a set ``livertumor phantom`` wrote (made again from
+its manifest's seeds) instead of unseen ones: on a model's own training set, whether it learned a kind of
+lesion at all, or only fails to generalise it.
 
 The observer is a size-matched centre-surround filter, the standard model observer for a uniform lesion
 of known size in a textured background: at each liver voxel, the mean HU in a ball of the lesion's
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,7 @@ from lesion_misses import lesion_rows
 from scipy import ndimage, signal
 
 from livertumor.inference import segment
+from livertumor.phantom import dataset_phantoms
 from livertumor.phantom.anatomy import ORGAN_MAP_TISSUES
 
 #: Background voxels keep this many filter radii from every lesion (the filter reaches two).
@@ -116,11 +123,11 @@ def recall(rows: list[dict], key: str) -> str:
     return f"{found} of {len(rows)} ({found / len(rows):.2f})" if rows else "none"
 
 
-def measured_rows(seed: int, cases: int, model: str | None) -> list[dict]:
-    """One row per lesion of ``cases`` unseen phantoms from ``seed`` on: :func:`lesion_rows` (with the
-    model's finds when ``model`` is given) and the observer's figures."""
+def measured_rows(phantoms: Iterable, seed: int, model: str | None) -> list[dict]:
+    """One row per lesion of ``phantoms`` (numbered from ``seed`` on): :func:`lesion_rows` (with the model's
+    finds when ``model`` is given) and the observer's figures."""
     rows = []
-    for index, phantom in enumerate(unseen_phantoms(seed, cases, organ_map=True)):
+    for index, phantom in enumerate(phantoms):
         if model:
             result = segment(phantom.ct, model=model, device="cpu", probabilities=True)
             described = lesion_rows(phantom, result.labels.array, result.tumour_probability.array, seed + index)
@@ -211,6 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=900)
     parser.add_argument("--cases", type=int, default=30)
+    parser.add_argument("--dataset", type=Path, help="measure the first --cases phantoms of this phantom set")
     parser.add_argument("--model", help="also segment each phantom with this model and count its finds")
     parser.add_argument("--csv", type=Path, help="write the per-lesion rows here")
     parser.add_argument("--rows", type=Path, help="print the tables of rows an earlier --csv wrote, measuring nothing")
@@ -220,8 +228,13 @@ def main() -> None:
         seeds = sorted({r["seed"] for r in rows})
         title = f"the lesions of phantoms {seeds[0]}-{seeds[-1]} in {args.rows.name}"
     else:
-        rows = measured_rows(args.seed, args.cases, args.model)
-        title = f"phantoms {args.seed}-{args.seed + args.cases - 1}" + (f", model {args.model}" if args.model else "")
+        if args.dataset:
+            rows = measured_rows(dataset_phantoms(args.dataset, args.cases, organ_map=True), 0, args.model)
+            title = f"cases 0-{args.cases - 1} of {args.dataset}"
+        else:
+            rows = measured_rows(unseen_phantoms(args.seed, args.cases, organ_map=True), args.seed, args.model)
+            title = f"phantoms {args.seed}-{args.seed + args.cases - 1}"
+        title += f", model {args.model}" if args.model else ""
     if args.csv:
         with open(args.csv, "w", newline="") as handle:
             writer = csv.DictWriter(handle, list(rows[0]))

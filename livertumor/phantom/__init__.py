@@ -2,7 +2,7 @@
 data), and synthetic lesions painted into real scans (:func:`synthesize`)."""
 
 from .anatomy import ANATOMY_OPTIONS, DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, Phantom, make_phantom
-from .dataset import LESION_FREE_EVERY, phantom_case_seed, write_phantom_dataset
+from .dataset import LESION_FREE_EVERY, dataset_phantoms, phantom_case_seed, write_phantom_dataset
 from .lesion_kinds import LESION_CLASSES, SIZE_RANGES_MM
 from .placement import LesionInfo
 from .synthesize import synthesize, synthesize_case
@@ -18,6 +18,7 @@ __all__ = [
     "SIZE_RANGES_MM",
     "LesionInfo",
     "Phantom",
+    "dataset_phantoms",
     "make_phantom",
     "phantom_case_seed",
     "synthesize",

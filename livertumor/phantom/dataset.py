@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from functools import partial
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import write_json, write_volume
-from .anatomy import DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, Phantom, make_phantom
+from ..errors import DatasetError
+from ..io import read_label, write_json, write_volume
+from .anatomy import ANATOMY_OPTIONS, DEFAULT_SHAPE, DEFAULT_SPACING_ZYX, Phantom, make_phantom
 from .lesion_kinds import LESION_CLASSES
 from .tissues import PHASE_PROBABILITIES, PHASES
 
@@ -113,24 +115,65 @@ def write_phantom_dataset(
         **anatomy,
     )
 
-    def make_case(index: int, case_seed: int) -> Phantom:
-        lesion_free = (index + 1) % LESION_FREE_EVERY == 0
-        count, case_kinds = (0, None) if lesion_free else (None, None)
-        if kinds and not lesion_free:
-            kind = kinds[index % len(kinds)]
-            case_kinds = [kind]
-            count = int(np.random.default_rng([case_seed, 2]).integers(1, 7 if kind == "metastasis" else 4))
-        return make_phantom(
-            case_seed,
-            shape,
-            spacing_zyx,
-            lesion_count=count,
-            kinds=case_kinds,
-            phase=draw_phase(case_seed, phases),
+    make_case = partial(dataset_phantom, shape=shape, spacing_zyx=spacing_zyx, phases=phases, kinds=kinds, **anatomy)
+    return write_cases(out, manifest, cases, seed, suffix, progress, make_case, workers)
+
+
+def dataset_phantom(
+    index: int,
+    case_seed: int,
+    shape: Sequence[int],
+    spacing_zyx: Sequence[float],
+    phases: Sequence[str] | None,
+    kinds: Sequence[str] | None,
+    organ_map: bool = False,
+    **anatomy: bool,
+) -> Phantom:
+    """Case ``index`` of a :func:`write_phantom_dataset` set, from its seed (see there for the arguments)."""
+    lesion_free = (index + 1) % LESION_FREE_EVERY == 0
+    count, case_kinds = (0, None) if lesion_free else (None, None)
+    if kinds and not lesion_free:
+        kind = kinds[index % len(kinds)]
+        case_kinds = [kind]
+        count = int(np.random.default_rng([case_seed, 2]).integers(1, 7 if kind == "metastasis" else 4))
+    return make_phantom(
+        case_seed,
+        shape,
+        spacing_zyx,
+        lesion_count=count,
+        kinds=case_kinds,
+        phase=draw_phase(case_seed, phases),
+        organ_map=organ_map,
+        **anatomy,
+    )
+
+
+def dataset_phantoms(folder: str | Path, cases: int | None = None, organ_map: bool = False) -> Iterator[Phantom]:
+    """The first ``cases`` (None: all) phantoms of a set :func:`write_phantom_dataset` wrote, made again from
+    the seeds in its manifest with their lesions' instance map (which the files lack); ``organ_map`` as in
+    :func:`make_phantom`. Each case's label map is checked against its file, so a generator that has changed
+    since the set was written is refused instead of measured."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    kinds = manifest["kinds"] if isinstance(manifest["kinds"], list) else None
+    anatomy = {option: bool(manifest.get(option, False)) for option in ANATOMY_OPTIONS}
+    for record in manifest["cases"][:cases]:
+        phantom = dataset_phantom(
+            record["index"],
+            record["seed"],
+            manifest["shape_zyx"],
+            manifest["spacing_zyx_mm"],
+            manifest["phases"],
+            kinds,
+            organ_map,
             **anatomy,
         )
-
-    return write_cases(out, manifest, cases, seed, suffix, progress, make_case, workers)
+        if not np.array_equal(read_label(folder / record["segmentation"]).array, phantom.label.array):
+            raise DatasetError(
+                f"{folder / record['segmentation']} differs from its seed's phantom: the phantom generator has "
+                "changed since this set was written; write the set again"
+            )
+        yield phantom
 
 
 #: The case maker of the running :func:`write_cases`, read by its forked workers: they inherit it, so
