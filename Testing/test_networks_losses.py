@@ -13,8 +13,8 @@ from livertumor.losses import (
     LESION_TERM_WEIGHT,
     dice_ce_loss,
     floored_dice_loss,
-    floored_lesion_dice_loss,
-    lesion_dice_loss,
+    floored_lesion_ce_loss,
+    lesion_ce_loss,
     present_dice_loss,
     weighted_dice_loss,
 )
@@ -283,50 +283,58 @@ def test_soft_targets_equal_to_the_labels_give_the_labels_loss_and_shares_move_i
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
 
 
-def _two_lesion_block() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Liver with a 64-voxel and a 1-voxel tumour on a 8x8x8 block; tumour probability 0.1 in both lesions
-    and 0.001 elsewhere."""
-    target = torch.ones(1, 8, 8, 8, dtype=torch.long)
-    large, small = torch.zeros(8, 8, 8, dtype=torch.bool), torch.zeros(8, 8, 8, dtype=torch.bool)
-    large[:4, :4, :4], small[6, 6, 6] = True, True
+def _two_lesion_block(tumour_in_lesions: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Liver with a 64-voxel and a 1-voxel tumour on a 10x10x10 block; the given tumour probability in both
+    lesions and 0.001 elsewhere."""
+    target = torch.ones(1, 10, 10, 10, dtype=torch.long)
+    large, small = torch.zeros(10, 10, 10, dtype=torch.bool), torch.zeros(10, 10, 10, dtype=torch.bool)
+    large[:4, :4, :4], small[8, 8, 8] = True, True
     target[0][large | small] = 2
-    tumour = torch.full((8, 8, 8), 0.001)
-    tumour[large | small] = 0.1
+    tumour = torch.full((10, 10, 10), 0.001)
+    tumour[large | small] = tumour_in_lesions
     probabilities = torch.stack([(1 - tumour) / 2, (1 - tumour) / 2, tumour])[None]
     return probabilities.log().requires_grad_(True), target, large, small
 
 
-def test_lesion_dice_is_the_mean_of_each_lesions_own_dice_and_ignores_the_other_lesions():
-    logits, target, *_ = _two_lesion_block()
-    eps = 1.0
-    elsewhere = 0.001 * (512 - 64 - 1)  # tumour probability on no lesion: it counts against every lesion
-    large_dice = (2 * 6.4 + eps) / (elsewhere + 6.4 + 64 + eps)
-    small_dice = (2 * 0.1 + eps) / (elsewhere + 0.1 + 1 + eps)
-    expected = 1 - (large_dice + small_dice) / 2
-    assert lesion_dice_loss(logits, target, eps).item() == pytest.approx(expected, rel=1e-5)
-    assert floored_lesion_dice_loss(logits, target).item() == pytest.approx(
+def test_lesion_ce_is_each_lesions_cross_entropy_and_its_shells_halved_and_averaged_over_lesions():
+    logits, target, _, small = _two_lesion_block()
+    lesion_ce, liver_ce = -math.log(0.1), -math.log(0.999 / 2)  # every shell voxel is liver
+    assert lesion_ce_loss(logits, target).item() == pytest.approx(0.5 * lesion_ce + 0.5 * liver_ce, rel=1e-5)
+    logits.data[:, :, small] = torch.tensor([0.25, 0.25, 0.5]).log()[None, :, None]  # the small lesion half found
+    expected = 0.5 * (0.5 * lesion_ce + 0.5 * liver_ce) + 0.5 * (0.5 * -math.log(0.5) + 0.5 * liver_ce)
+    assert lesion_ce_loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    assert floored_lesion_ce_loss(logits, target).item() == pytest.approx(
         floored_dice_loss(logits, target).item() + LESION_TERM_WEIGHT * expected, rel=1e-5
     )
 
 
-def test_lesion_dice_gives_a_one_voxel_lesion_a_pull_near_a_large_ones_where_eq_1_gives_it_its_voxel_share():
-    def small_share(loss) -> float:
-        logits, target, large, small = _two_lesion_block()
-        loss(logits, target).backward()
-        pull = -logits.grad[0, 2]  # how hard the loss raises the tumour logits
-        return (pull[small].sum() / pull[large].sum()).item()
-
-    assert small_share(weighted_dice_loss) < 0.02  # about 1/64: eq. 1 pools every tumour voxel
-    assert small_share(lesion_dice_loss) > 0.3  # each lesion its own Dice
+def _small_lesion_pull(loss, tumour_in_lesions: float) -> tuple[float, float]:
+    """How hard ``loss`` raises the tumour logits of the small lesion, and that against the large one's."""
+    logits, target, large, small = _two_lesion_block(tumour_in_lesions)
+    loss(logits, target).backward()
+    pull = -logits.grad[0, 2]
+    return pull[small].sum().item(), (pull[small].sum() / pull[large].sum()).item()
 
 
-def test_lesion_dice_is_zero_without_lesions_and_still_punishes_false_tumour_beside_a_lesion():
-    logits = torch.zeros(2, 3, 6, 6, 6, requires_grad=True)
-    target = torch.ones(2, 6, 6, 6, dtype=torch.long)
-    target[1, 0, 0, 0] = 2
-    loss = lesion_dice_loss(logits, target)
+def test_lesion_ce_pulls_a_one_voxel_lesion_as_a_large_one_and_a_confident_miss_still_hard():
+    assert _small_lesion_pull(weighted_dice_loss, 0.1)[1] < 0.02  # about 1/64: eq. 1 pools every tumour voxel
+    assert _small_lesion_pull(lesion_ce_loss, 0.1)[1] == pytest.approx(1.0, rel=0.01)
+    # a lesion called liver with confidence: Dice's pull on its logits fades with its probability, CE's does not
+    dice_pull, ce_pull = _small_lesion_pull(floored_dice_loss, 1e-4)[0], _small_lesion_pull(lesion_ce_loss, 1e-4)[0]
+    assert ce_pull > 0.2 and ce_pull > 1000 * dice_pull
+
+
+def test_lesion_ce_is_zero_without_lesions_and_its_shell_teaches_the_tissue_around_a_lesion():
+    logits = torch.zeros(2, 3, 8, 8, 8, requires_grad=True)
+    target = torch.ones(2, 8, 8, 8, dtype=torch.long)
+    target[1, 4, 4, 4] = 2
+    loss = lesion_ce_loss(logits, target)
     loss.backward()
     assert logits.grad[0].abs().sum() == 0  # the lesion-free volume adds nothing
-    assert logits.grad[1, 2][target[1] == 1].mean() > 0  # tumour probability off the lesion is pushed down
+    shell = torch.zeros(8, 8, 8, dtype=torch.bool)
+    shell[2:7, 2:7, 2:7] = True
+    shell[4, 4, 4] = False
+    assert (logits.grad[1, 2][shell] > 0).all()  # tumour pushed down on the 2-voxel shell around the lesion
+    assert logits.grad[1][:, ~shell & (target[1] != 2)].abs().sum() == 0  # and nowhere further
     soft = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float()
-    assert lesion_dice_loss(logits, soft).item() == pytest.approx(loss.item())  # shares read as their labels
+    assert lesion_ce_loss(logits, soft).item() == pytest.approx(loss.item())  # shares read as their labels

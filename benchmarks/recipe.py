@@ -27,8 +27,9 @@ Variants:
   model from the start (e.g. on a finer grid with ``--block``);
 * ``scratch-poly-floored``: the same with ``floored-dice``, the paper's loss with no reward for clearing a
   tumour-free block's map below 10 voxels (where the 2.0 mm run slid to an empty map);
-* ``scratch-poly-floored-lesions``: the same with ``floored-lesion-dice``, which adds a Dice per lesion
-  (blob loss) so that a small lesion weighs as much as a large one;
+* ``scratch-poly-floored-lesions``: the same with ``floored-lesion-ce``, which adds a cross-entropy per
+  lesion and its shell, so that a small lesion weighs as much as a large one and one called liver with
+  confidence still teaches;
 * ``scratch-poly-floored-scanner``: the same with nnU-Net's intensity augmentations (noise, blur, contrast,
   coarser grid, gamma; ``data.SCANNER_AUGMENTATION``), so that the network does not learn the phantoms'
   exact grey levels;
@@ -108,7 +109,7 @@ VARIANTS = {
     "paper-slow-decay": {"loss": "weighted-dice", "stage_decay": 0.5},
     "scratch-poly": SCRATCH_POLY,
     "scratch-poly-floored": SCRATCH_POLY_FLOORED,
-    "scratch-poly-floored-lesions": {**SCRATCH_POLY_FLOORED, "loss": "floored-lesion-dice"},
+    "scratch-poly-floored-lesions": {**SCRATCH_POLY_FLOORED, "loss": "floored-lesion-ce"},
     "scratch-poly-floored-scanner": {**SCRATCH_POLY_FLOORED, "augmentation": SCANNER_AUGMENTATION},
     "scratch-poly-floored-imaging": {
         **SCRATCH_POLY_FLOORED,

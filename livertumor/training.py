@@ -104,7 +104,7 @@ class TrainConfig:
     loss_eps: float = 1.0
     #: ``weighted-dice`` (the paper's eq. 1-2), ``dice-ce`` (plus cross-entropy), ``present-dice`` (eq. 1-2
     #: over the classes a block holds), ``floored-dice`` (eq. 1-2 with no reward for clearing an absent
-    #: class's map below a floor) or ``floored-lesion-dice`` (that plus a Dice per lesion), see losses.LOSSES.
+    #: class's map below a floor) or ``floored-lesion-ce`` (that plus a cross-entropy per lesion), see losses.LOSSES.
     loss: str = "weighted-dice"
     #: Train on each class's share of each voxel (soft targets from the label on the case's own finer grid,
     #: data.prepare_case) instead of 0/1 labels: the network can then say where between its voxel centres
