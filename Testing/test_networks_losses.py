@@ -296,32 +296,37 @@ def _two_lesion_block(tumour_in_lesions: float = 0.1) -> tuple[torch.Tensor, tor
     return probabilities.log().requires_grad_(True), target, large, small
 
 
-def test_lesion_ce_is_each_lesions_cross_entropy_and_its_shells_halved_and_averaged_over_lesions():
+def test_lesion_ce_is_the_mean_cross_entropy_of_each_lesion_and_its_shell_averaged_over_lesions():
     logits, target, _, small = _two_lesion_block()
     lesion_ce, liver_ce = -math.log(0.1), -math.log(0.999 / 2)  # every shell voxel is liver
-    assert lesion_ce_loss(logits, target).item() == pytest.approx(0.5 * lesion_ce + 0.5 * liver_ce, rel=1e-5)
+    # the 64-voxel lesion's 2-voxel shell holds 6**3 - 64 voxels; the corner voxel's, 4**3 - 1 (the block ends)
+    large = (64 * lesion_ce + 152 * liver_ce) / 216
+    assert lesion_ce_loss(logits, target).item() == pytest.approx(
+        (large + (lesion_ce + 63 * liver_ce) / 64) / 2, rel=1e-5
+    )
     logits.data[:, :, small] = torch.tensor([0.25, 0.25, 0.5]).log()[None, :, None]  # the small lesion half found
-    expected = 0.5 * (0.5 * lesion_ce + 0.5 * liver_ce) + 0.5 * (0.5 * -math.log(0.5) + 0.5 * liver_ce)
+    expected = (large + (-math.log(0.5) + 63 * liver_ce) / 64) / 2
     assert lesion_ce_loss(logits, target).item() == pytest.approx(expected, rel=1e-5)
     assert floored_lesion_ce_loss(logits, target).item() == pytest.approx(
         floored_dice_loss(logits, target).item() + LESION_TERM_WEIGHT * expected, rel=1e-5
     )
 
 
-def _small_lesion_pull(loss, tumour_in_lesions: float) -> tuple[float, float]:
-    """How hard ``loss`` raises the tumour logits of the small lesion, and that against the large one's."""
-    logits, target, large, small = _two_lesion_block(tumour_in_lesions)
-    loss(logits, target).backward()
-    pull = -logits.grad[0, 2]
-    return pull[small].sum().item(), (pull[small].sum() / pull[large].sum()).item()
+def test_each_lesions_neighbourhood_weighs_the_same_and_a_confident_miss_still_pulls_hard():
+    logits, target, large, small = _two_lesion_block()
+    logits.data.zero_()  # every voxel's cross-entropy gradient alike: what each voxel weighs shows
+    lesion_ce_loss(logits, target).backward()
+    weight = logits.grad.abs().sum(1)[0]
+    reach = torch.nn.functional.max_pool3d(torch.stack([large, small])[:, None].float(), 5, 1, 2)[:, 0] > 0
+    assert weight[reach[0]].sum().item() == pytest.approx(weight[reach[1]].sum().item(), rel=1e-5)
+    assert weight[~(reach[0] | reach[1])].sum() == 0
 
+    def small_lesion_pull(loss) -> float:  # how hard the loss raises the tumour logits of a lesion called liver
+        logits, target, _, small = _two_lesion_block(tumour_in_lesions=1e-4)
+        loss(logits, target).backward()
+        return -logits.grad[0, 2][small].sum().item()
 
-def test_lesion_ce_pulls_a_one_voxel_lesion_as_a_large_one_and_a_confident_miss_still_hard():
-    assert _small_lesion_pull(weighted_dice_loss, 0.1)[1] < 0.02  # about 1/64: eq. 1 pools every tumour voxel
-    assert _small_lesion_pull(lesion_ce_loss, 0.1)[1] == pytest.approx(1.0, rel=0.01)
-    # a lesion called liver with confidence: Dice's pull on its logits fades with its probability, CE's does not
-    dice_pull, ce_pull = _small_lesion_pull(floored_dice_loss, 1e-4)[0], _small_lesion_pull(lesion_ce_loss, 1e-4)[0]
-    assert ce_pull > 0.2 and ce_pull > 1000 * dice_pull
+    assert small_lesion_pull(lesion_ce_loss) > 1000 * small_lesion_pull(floored_dice_loss) > 0
 
 
 def test_lesion_ce_is_zero_without_lesions_and_its_shell_teaches_the_tissue_around_a_lesion():
