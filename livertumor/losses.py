@@ -37,7 +37,7 @@ lesion (connected component of the tumour truth) and the 2-voxel shell of tissue
 the two alike, so what it teaches is the lesion against its own surroundings (the vessels beside it, say).
 Each lesion's neighbourhood weighs the same whatever its size. Weighing the shell as much as the lesion
 instead made 0.5 the best tumour probability wherever a lesion cannot be told from its surroundings: that run
-called 660-1,550 mL of a lesion-free phantom's liver tumour (docs/results/demo-model.md).
+called 226-1,554 mL of a lesion-free phantom's liver tumour (docs/results/demo-model.md).
 """
 
 from __future__ import annotations
