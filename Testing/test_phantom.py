@@ -96,6 +96,8 @@ def test_a_sets_phantoms_are_made_again_from_its_manifest_with_their_lesion_ids(
     write_volume(changed, tmp_path / "segmentation-1.nii")
     with pytest.raises(DatasetError, match=r"segmentation-1\.nii differs from its seed's phantom"):
         list(dataset_phantoms(tmp_path))
+    with pytest.raises(DatasetError, match=r"no manifest\.json"):
+        next(dataset_phantoms(tmp_path / "elsewhere"))
 
 
 def test_parallel_workers_write_the_same_files_as_one(tmp_path):

@@ -140,10 +140,11 @@ def lesion_ce_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
             losses.append(volume_logits.sum() * 0.0)  # keeps the graph whole
             continue
         shell = np.where(ids > 0, 0, ndimage.maximum_filter(ids, size=2 * LESION_SHELL_VOXELS + 1)).ravel()
-        ids = ids.ravel()
-        covered = torch.from_numpy(np.flatnonzero(ids + shell)).to(logits.device)  # only these voxels count
-        ce = torch.nn.functional.cross_entropy(volume_logits[:, covered].T, volume_labels[covered], reduction="none")
-        neighbourhood = torch.from_numpy((ids + shell)[covered.cpu().numpy()] - 1).to(logits.device, torch.long)
+        lesion_of = ids.ravel() + shell  # 1-based lesion number of each voxel the term covers, else 0
+        covered = np.flatnonzero(lesion_of)
+        index = torch.from_numpy(covered).to(logits.device)
+        ce = torch.nn.functional.cross_entropy(volume_logits[:, index].T, volume_labels[index], reduction="none")
+        neighbourhood = torch.from_numpy(lesion_of[covered] - 1).to(logits.device, torch.long)
         summed = torch.zeros(count, device=logits.device).index_add_(0, neighbourhood, ce)
         losses.append((summed / torch.bincount(neighbourhood, minlength=count).to(summed.dtype)).mean())
     return torch.stack(losses).mean()

@@ -154,6 +154,8 @@ def dataset_phantoms(folder: str | Path, cases: int | None = None, organ_map: bo
     :func:`make_phantom`. Each case's label map is checked against its file, so a generator that has changed
     since the set was written is refused instead of measured."""
     folder = Path(folder)
+    if not (folder / "manifest.json").is_file():
+        raise DatasetError(f"{folder} has no manifest.json: not a phantom set that `livertumor phantom` wrote")
     manifest = json.loads((folder / "manifest.json").read_text())
     kinds = manifest["kinds"] if isinstance(manifest["kinds"], list) else None
     anatomy = {option: bool(manifest.get(option, False)) for option in ANATOMY_OPTIONS}
